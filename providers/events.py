@@ -1,0 +1,83 @@
+"""What a provider tells the server, in domain terms.
+
+A provider turns a prompt into an async stream of these small events. The
+server decides how each one reaches the browser (which SSE event, escaping,
+pacing); a provider never knows about SSE, HTML or htmx, and the server never
+sees a provider's wire format (no ``choices[0].delta`` outside ``providers/``).
+
+The contract of ``Provider.stream(prompt)``:
+
+- it yields any number of ``Status``, ``Reasoning``, ``Answer`` and ``Usage``
+  events, in the order the model produced them;
+- it may yield one ``Finished`` with the model's stop reason;
+- it ends after a ``Failure`` (the message is shown to the person as it is,
+  so it must be short, readable and free of secrets);
+- it ends normally otherwise, which means the answer is complete;
+- closing the iterator early (the person left) releases everything it holds,
+  such as an upstream HTTP response, before ``aclose()`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A short line about progress ("Connecting to qwen3…"), not model output."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """The next piece of the model's visible reasoning ("thinking")."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The next piece of the answer; all pieces joined are the answer, exactly."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, when the model server reports them."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Why the model stopped: "stop", "length", "content_filter", …"""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The stream failed; ``message`` is safe to show to the person."""
+
+    message: str
+
+
+ProviderEvent = Status | Reasoning | Answer | Usage | Finished | Failure
+
+
+class Provider(Protocol):
+    """Anything that can stream an answer to a prompt."""
+
+    #: Short name shown on the page and in logs ("demo", "openai").
+    name: str
+    #: The model that answers, as the person should see it.
+    model: str
+
+    def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
+        """Stream the events for one prompt (see the module docstring)."""
+        ...

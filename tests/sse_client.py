@@ -1,0 +1,46 @@
+"""Read an event stream the way the browser does, so tests can check what the page gets.
+
+This follows the WHATWG rules that matter here: lines end at CRLF, CR or LF;
+one space after the colon is dropped; several ``data`` lines join with "\\n";
+a blank line dispatches the event; an event with no ``data`` line is never
+dispatched (the reason ``close`` must carry one).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: str
+    id: str | None
+
+
+def parse_stream(text: str) -> tuple[list[SSEEvent], list[str]]:
+    """Dispatched events and comments, in order, from a whole stream's text."""
+    events: list[SSEEvent] = []
+    comments: list[str] = []
+    name, data_lines, event_id = "message", [], None
+    for line in _LINE_BREAK.split(text):
+        if line == "":
+            if data_lines:
+                events.append(SSEEvent(name, "\n".join(data_lines), event_id))
+            name, data_lines, event_id = "message", [], None
+            continue
+        if line.startswith(":"):
+            comments.append(line[1:].strip())
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data_lines.append(value)
+        elif field == "id":
+            event_id = value
+    return events, comments

@@ -1,0 +1,81 @@
+"""`python server.py` options: a flag beats its environment variable, which beats the default."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server import DEFAULT_OPENAI_BASE_URL, Config, build_parser, parse_config
+
+
+def test_defaults_run_the_demo_on_loopback():
+    config = parse_config([], {})
+    assert (config.host, config.port, config.provider) == ("127.0.0.1", 8080, "demo")
+    assert config.api_key is None
+
+
+def test_environment_beats_defaults():
+    config = parse_config([], {"HOST": "0.0.0.0", "PORT": "9000", "OPENAI_MODEL": "qwen3"})
+    assert (config.host, config.port, config.model) == ("0.0.0.0", 9000, "qwen3")
+
+
+def test_flags_beat_environment():
+    env = {"HOST": "0.0.0.0", "PORT": "9000", "OPENAI_MODEL": "qwen3",
+           "OPENAI_BASE_URL": "http://127.0.0.1:1/v1"}  # fmt: skip
+    config = parse_config(
+        ["--host", "127.0.0.2", "--port", "9001", "--model", "llama", "--base-url",
+         "http://127.0.0.1:2/v1", "--provider", "demo"],
+        env,
+    )  # fmt: skip
+    assert (config.host, config.port, config.model) == ("127.0.0.2", 9001, "llama")
+    assert (config.base_url, config.provider) == ("http://127.0.0.1:2/v1", "demo")
+
+
+@pytest.mark.parametrize(
+    ("env", "provider"),
+    [
+        ({}, "demo"),
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:11434/v1"}, "openai"),
+        ({"OPENAI_API_KEY": "sk-test"}, "openai"),
+    ],
+    ids=["nothing-set", "base-url-set", "key-set"],
+)
+def test_provider_defaults_to_openai_when_configured(env, provider):
+    assert parse_config([], env).provider == provider
+
+
+def test_key_set_without_url_means_openai_itself():
+    config = parse_config([], {"OPENAI_API_KEY": "sk-test"})
+    assert config.base_url == DEFAULT_OPENAI_BASE_URL
+
+
+def test_api_key_is_environment_only_and_never_printed():
+    config = parse_config([], {"OPENAI_API_KEY": "sk-very-secret"})
+    assert config.api_key == "sk-very-secret"
+    assert "sk-very-secret" not in repr(config)
+    assert "--api-key" not in build_parser().format_help()
+
+
+def test_bad_values_are_refused_with_a_message(capsys):
+    for argv, env in ([["--port", "x"], {}], [[], {"PORT": "eighty"}], [["--uid-ttl", "0"], {}]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_config(argv, env)
+        assert exit_info.value.code == 2
+    assert "PORT must be a number" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "server.py", "--help"], cwd=root, capture_output=True, text=True,
+        timeout=30, check=True,
+    )  # fmt: skip
+    options = ["--host", "--port", "--provider", "--base-url", "--model", "--demo-delay",
+               "--ping-interval", "--uid-ttl", "--max-pending", "--max-prompt-chars",
+               "--max-body-bytes"]  # fmt: skip
+    for option in options:
+        assert option in result.stdout
+    for variable in ["HOST", "PORT", "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"]:
+        assert variable in result.stdout
+    assert set(vars(Config())) >= {"host", "port", "provider", "base_url", "model"}

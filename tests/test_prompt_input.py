@@ -1,0 +1,85 @@
+"""Bad POSTs get a readable message and a 4xx that htmx shows; the server keeps serving."""
+
+import pytest
+from aiohttp import FormData
+
+from tests.conftest import post_prompt, read_stream
+
+REFUSALS = [
+    ("missing-prompt", {"data": {"other": "x"}}, 422, "Please type a prompt first."),
+    ("empty-prompt", {"data": {"prompt": ""}}, 422, "Please type a prompt first."),
+    ("whitespace-only", {"data": {"prompt": " \n\t "}}, 422, "Please type a prompt first."),
+    ("over-the-length-limit", {"data": {"prompt": "x" * 101}}, 413,
+     "The prompt is 101 characters long; the limit is 100."),
+    ("body-over-the-size-limit", {"data": {"prompt": "x" * 5000}}, 413,
+     "The request is too large."),
+    ("json-instead-of-a-form", {"json": {"prompt": "hi"}}, 415,
+     "Send the prompt as a form field named &#39;prompt&#39;."),
+    ("no-body", {}, 415, "Send the prompt as a form field"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [refusal[1:] for refusal in REFUSALS],
+    ids=[refusal[0] for refusal in REFUSALS],
+)
+async def test_bad_post_gets_a_readable_refusal(start_app, request_kwargs, status, message):
+    client = await start_app(max_prompt_chars=100, max_body_bytes=4096)
+    response = await client.post("/process_prompt", **request_kwargs)
+    body = await response.text()
+
+    assert response.status == status
+    assert response.content_type == "text/html"
+    assert body.startswith('<p class="refusal" role="alert">')
+    assert message in body
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/healthz")).status == 200
+    assert (await (await client.get("/healthz")).json())["uids_pending"] == 0
+
+
+async def test_multipart_form_is_accepted(start_app):
+    client = await start_app()
+    form = FormData()
+    form.add_field("prompt", "from a multipart form")
+    response = await client.post("/process_prompt", data=form)
+    assert response.status == 200
+    assert "sse-connect" in await response.text()
+
+
+async def test_a_file_instead_of_text_is_refused(start_app):
+    client = await start_app()
+    form = FormData()
+    form.add_field("prompt", b"bytes", filename="prompt.txt")
+    response = await client.post("/process_prompt", data=form)
+    assert response.status == 422
+
+
+async def test_prompt_at_the_limit_is_accepted_exactly(start_app):
+    client = await start_app(max_prompt_chars=100)
+    prompt = "  é" + "x" * 97  # 100 characters, more than 100 bytes
+    uid = await post_prompt(client, prompt)
+    _, events, _ = await read_stream(client, uid)
+    assert events[-2].event == "final_answer"
+
+
+async def test_full_store_answers_503_with_retry_after(start_app):
+    client = await start_app(max_pending=2)
+    await post_prompt(client)
+    await post_prompt(client)
+    response = await client.post("/process_prompt", data={"prompt": "third"})
+
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert "Too many prompts are waiting" in await response.text()
+
+
+async def test_refusal_never_becomes_a_server_error_on_a_broken_body(start_app):
+    client = await start_app()
+    response = await client.post(
+        "/process_prompt",
+        data=b"--nope\r\nnot really multipart",
+        headers={"Content-Type": "multipart/form-data; boundary=other"},
+    )
+    assert 400 <= response.status < 500
+    assert "refusal" in await response.text()
