@@ -8,7 +8,8 @@ Routes
     POST /process_prompt        the bridge: stores the prompt under a new uid and
                                 returns the snippet that opens the event stream
     GET  /response-stream?uid=  the event stream for that uid (text/event-stream)
-    GET  /healthz               JSON: status, streams in flight, uids pending
+    POST /stop?uid=             the Stop button: the answer so far becomes final
+    GET  /healthz               JSON: status, streams in flight, uids pending, listeners
     GET  /static/…, /vendor/…   our CSS and JS; htmx itself when installed with npm
 
 Events on /response-stream, each with an ``id:``, in this order:
@@ -18,13 +19,21 @@ Events on /response-stream, each with an ``id:``, in this order:
     final_answer   the whole answer as HTML; it replaces #{uid}-final-container
     error          what went wrong (sent instead of final_answer)
     close          always last, with an empty data line; the page disconnects
-plus a ``: ping`` comment every ``--ping-interval`` seconds. Every payload is
-HTML-escaped text: model output is never trusted as markup.
+plus ``retry: 1000`` first and a ``: ping`` comment when the stream is quiet.
+Every payload is HTML-escaped text: model output is never trusted as markup.
 
-Limits (each one a flag, see ``--help``)
-    a prompt is at most --max-prompt-chars characters and a POST body at most
-    --max-body-bytes; at most --max-pending prompts wait for their stream, each
-    for at most --uid-ttl seconds; a uid streams once.
+How a stream lives
+    The first GET for a uid starts a *producer* task that runs the provider and
+    appends SSE events to the stream's log; each GET is a *listener* that
+    writes the log out. A browser that reconnects with Last-Event-ID resumes
+    after that event. When the last listener leaves, the generation goes on
+    for --grace-period seconds, then is cancelled and the upstream released.
+
+Limits (each a flag; see --help and the README)
+    prompt length and POST body size; prompts waiting, streams in all and per
+    client IP, prompts per client IP per minute; how long an answer may take;
+    how long a browser may read nothing. APP_PASSWORD protects everything but
+    /healthz; POSTs from other sites are refused.
 """
 
 from __future__ import annotations
@@ -35,17 +44,20 @@ import base64
 import hashlib
 import html
 import logging
+import math
 import os
 import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
@@ -62,6 +74,7 @@ from providers.events import (
     Status,
     Usage,
 )
+from providers.openai import OpenAIProvider, OpenAISettings, make_connector
 
 log = logging.getLogger("stream")
 
@@ -72,137 +85,266 @@ NODE_MODULES = HERE / "node_modules"
 
 # --- configuration -------------------------------------------------------------------
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-PING_INTERVAL_S = 15.0  # keeps proxies from closing a quiet stream; finds departed clients
-UID_TTL_S = 60.0  # how long a prompt waits for its stream to be opened
-MAX_PENDING = 1000  # prompts waiting for their stream, at most
-MAX_PROMPT_CHARS = 8000
-MAX_BODY_BYTES = 64 * 1024
-DEMO_DELAY_S = 0.03  # the demo provider's pause per word: about a fast model's pace
-
 
 @dataclass(frozen=True)
 class Config:
-    """Everything the app can be told. ``parse_config`` fills it from flags and env."""
+    """Everything the app can be told; ``parse_config`` fills it from flags and env."""
 
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    port: int = 8080
     provider: str = "demo"
-    base_url: str = DEFAULT_OPENAI_BASE_URL
-    api_key: str | None = field(default=None, repr=False)  # never printed, never logged
-    model: str | None = None
-    demo_delay: float = DEMO_DELAY_S
-    ping_interval: float = PING_INTERVAL_S
-    uid_ttl: float = UID_TTL_S
-    max_pending: int = MAX_PENDING
-    max_prompt_chars: int = MAX_PROMPT_CHARS
-    max_body_bytes: int = MAX_BODY_BYTES
+    openai: OpenAISettings = field(default_factory=OpenAISettings)  # its own defaults
+    # The demo provider: its pause per word, about a fast model's pace.
+    demo_delay: float = 0.03
+    # The stream and the store.
+    ping_interval: float = 15.0  # keeps proxies from closing a quiet stream
+    uid_ttl: float = 60.0  # how long a prompt waits for its stream to be opened
+    max_pending: int = 1000  # prompts waiting for their stream, at most
+    max_prompt_chars: int = 8000
+    max_body_bytes: int = 64 * 1024
+    grace_period: float = 5.0  # generation goes on this long after the last listener leaves
+    write_timeout: float = 10.0  # a browser that reads nothing for this long is dropped
+    max_duration: float = 600.0
+    max_streams: int = 200  # answers pending or streaming, for everyone together
+    max_streams_per_client: int = 4
+    prompts_per_minute: int = 30  # per client
+    # Pacing: answer text waits at most this long to be sent with what follows it,
+    # and the thought line changes at most once per thought_interval.
+    answer_window: float = 0.04
+    thought_interval: float = 0.25
+    # Access.
+    password: str | None = field(default=None, repr=False)  # APP_PASSWORD, env only
+    trust_proxy: bool = False
+    log_prompts: bool = False
 
 
-def _positive(kind: type) -> Any:
-    """An argparse type that accepts only numbers above zero."""
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A converter that accepts only numbers above zero."""
 
     def convert(text: str) -> Any:
         value = kind(text)
         if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above zero, not {text}")
+            raise ValueError(f"must be above zero, not {text}")
         return value
 
-    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    convert.__name__ = f"positive {kind.__name__}"  # named in error messages
     return convert
+
+
+def not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must not be negative, not {text}")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, its environment variable (if any), how to read it."""
+
+    flag: str
+    env: str | None
+    convert: Callable[[str], Any]
+    help: str
+    section: str | None = None  # "openai": a field of Config.openai, not of Config
+
+    @property
+    def field(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def default(self, config: Config) -> Any:
+        return getattr(getattr(config, self.section) if self.section else config, self.field)
+
+
+OPTIONS = (
+    Option("--host", "HOST", str, "address to listen on"),
+    Option("--port", "PORT", positive(int), "port to listen on"),
+    Option(
+        "--provider",
+        None,
+        str,
+        "where answers come from: demo (offline) or openai (any OpenAI-compatible "
+        "server); default: openai when a base URL or key is set, else demo",
+    ),
+    Option(
+        "--base-url",
+        "OPENAI_BASE_URL",
+        str,
+        "the OpenAI-compatible API, e.g. http://localhost:11434/v1 for Ollama",
+        section="openai",
+    ),
+    Option(
+        "--model",
+        "OPENAI_MODEL",
+        str,
+        "the model to ask; default: the only one the server lists",
+        section="openai",
+    ),
+    Option(
+        "--system-prompt",
+        "OPENAI_SYSTEM_PROMPT",
+        str,
+        "the system message; empty for none",
+        section="openai",
+    ),
+    Option(
+        "--temperature",
+        "OPENAI_TEMPERATURE",
+        not_negative,
+        "sampling temperature; default: the server's",
+        section="openai",
+    ),
+    Option(
+        "--max-tokens",
+        "OPENAI_MAX_TOKENS",
+        positive(int),
+        "longest answer, in tokens; default: the server's",
+        section="openai",
+    ),
+    Option(
+        "--connect-timeout",
+        None,
+        positive(float),
+        "seconds to wait for a connection to the model server",
+        section="openai",
+    ),
+    Option(
+        "--first-token-timeout",
+        None,
+        positive(float),
+        "seconds to wait for the first reasoning or answer text",
+        section="openai",
+    ),
+    Option(
+        "--idle-timeout",
+        None,
+        positive(float),
+        "seconds of silence from the model server (comments count as life) before giving up",
+        section="openai",
+    ),
+    Option(
+        "--reasoning-hold",
+        None,
+        not_negative,
+        "seconds untagged text is held back in "
+        "case a </think> follows (0 = off; see providers/think_tags.py)",
+        section="openai",
+    ),
+    Option(
+        "--demo-delay", None, not_negative, "seconds the demo provider waits per word (0 = instant)"
+    ),
+    Option(
+        "--ping-interval", None, positive(float), "seconds between ': ping' comments on a stream"
+    ),
+    Option(
+        "--uid-ttl",
+        None,
+        positive(float),
+        "seconds a prompt waits for its stream before it expires",
+    ),
+    Option("--max-pending", None, positive(int), "prompts that may wait for their stream at once"),
+    Option("--max-prompt-chars", None, positive(int), "longest prompt accepted, in characters"),
+    Option("--max-body-bytes", None, positive(int), "largest POST body accepted, in bytes"),
+    Option(
+        "--grace-period",
+        None,
+        not_negative,
+        "seconds a generation goes on after its "
+        "browser left, waiting for it to reconnect (0 = stop at once)",
+    ),
+    Option(
+        "--write-timeout",
+        None,
+        positive(float),
+        "seconds a browser may read nothing before its stream is dropped",
+    ),
+    Option("--max-duration", None, positive(float), "longest a single answer may take, in seconds"),
+    Option(
+        "--max-streams", None, positive(int), "answers waiting or streaming at once, for everyone"
+    ),
+    Option(
+        "--max-streams-per-client",
+        None,
+        positive(int),
+        "answers waiting or streaming at once for one client IP",
+    ),
+    Option(
+        "--prompts-per-minute", None, positive(int), "prompts one client IP may send per minute"
+    ),
+    Option(
+        "--answer-window",
+        None,
+        not_negative,
+        "seconds answer text may wait to be sent "
+        "together with what follows (0 = every piece at once)",
+    ),
+    Option(
+        "--thought-interval",
+        None,
+        not_negative,
+        "least seconds between two updates of the thought line",
+    ),
+    Option(
+        "--trust-proxy",
+        None,
+        bool,
+        "take the client IP from X-Forwarded-For (only behind your own reverse proxy)",
+    ),
+    Option("--log-prompts", None, bool, "write each prompt's text in its stream's log line"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Stream a model's thoughts and answer into the browser (HTMX + SSE).",
         epilog="A flag beats its environment variable, which beats the default. "
-        "OPENAI_API_KEY is read from the environment only, so it never shows in `ps`.",
+        "OPENAI_API_KEY and APP_PASSWORD (which protects the whole app) are read from the "
+        "environment only, so they never show in `ps`.",
     )
-    add = parser.add_argument
-    add("--host", help=f"address to listen on (env HOST; default {DEFAULT_HOST})")
-    add("--port", type=int, help=f"port to listen on (env PORT; default {DEFAULT_PORT})")
-    add(
-        "--provider",
-        choices=["demo", "openai"],
-        help="where answers come from: the offline demo, or an OpenAI-compatible server "
-        "(default: openai when a base URL or key is set, else demo)",
-    )
-    add(
-        "--base-url",
-        help="the OpenAI-compatible API, e.g. http://localhost:11434/v1 for Ollama "
-        f"(env OPENAI_BASE_URL; default {DEFAULT_OPENAI_BASE_URL})",
-    )
-    add("--model", help="the model to ask (env OPENAI_MODEL)")
-    add(
-        "--demo-delay",
-        type=float,
-        default=DEMO_DELAY_S,
-        help="seconds the demo provider waits per word (default %(default)s; 0 = instant)",
-    )
-    add(
-        "--ping-interval",
-        type=_positive(float),
-        default=PING_INTERVAL_S,
-        help="seconds between ': ping' comments on a stream (default %(default)s)",
-    )
-    add(
-        "--uid-ttl",
-        type=_positive(float),
-        default=UID_TTL_S,
-        help="seconds a prompt waits for its stream before it expires (default %(default)s)",
-    )
-    add(
-        "--max-pending",
-        type=_positive(int),
-        default=MAX_PENDING,
-        help="prompts that may wait for their stream at once (default %(default)s)",
-    )
-    add(
-        "--max-prompt-chars",
-        type=_positive(int),
-        default=MAX_PROMPT_CHARS,
-        help="longest prompt accepted, in characters (default %(default)s)",
-    )
-    add(
-        "--max-body-bytes",
-        type=_positive(int),
-        default=MAX_BODY_BYTES,
-        help="largest POST body accepted, in bytes (default %(default)s)",
-    )
+    defaults = Config()
+    for option in OPTIONS:
+        where = f"env {option.env}; " if option.env else ""
+        default = option.default(defaults)
+        if option.convert is bool:
+            parser.add_argument(option.flag, action="store_const", const=True, help=option.help)
+            continue
+        shown = "" if option.flag == "--provider" else f"{where}default {default}"
+        parser.add_argument(
+            option.flag,
+            help=f"{option.help} ({shown})" if shown else option.help,
+            choices=["demo", "openai"] if option.flag == "--provider" else None,
+        )
     return parser
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """Read flags, then environment variables, then defaults, in that order of precedence."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-
-    port = args.port
-    if port is None:
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    openai: dict[str, Any] = {"api_key": environ.get("OPENAI_API_KEY") or None}
+    for option in OPTIONS:
+        source, text = option.flag, args[option.field]
+        if text is None and option.env:
+            source, text = option.env, environ.get(option.env)
+        if text is None:
+            continue  # the default
+        into = openai if option.section else values
+        if option.convert is bool:
+            into[option.field] = True
+            continue
         try:
-            port = int(environ.get("PORT", DEFAULT_PORT))
-        except ValueError:
-            parser.error(f"PORT must be a number, not {environ['PORT']!r}")
+            into[option.field] = option.convert(text)
+        except ValueError as problem:
+            parser.error(f"{source}: {text!r} is not valid ({problem})")
 
-    base_url = args.base_url or environ.get("OPENAI_BASE_URL")
-    api_key = environ.get("OPENAI_API_KEY") or None
-    provider = args.provider or ("openai" if base_url or api_key else "demo")
-    return Config(
-        host=args.host or environ.get("HOST", DEFAULT_HOST),
-        port=port,
-        provider=provider,
-        base_url=base_url or DEFAULT_OPENAI_BASE_URL,
-        api_key=api_key,
-        model=args.model or environ.get("OPENAI_MODEL") or None,
-        demo_delay=max(args.demo_delay, 0.0),
-        ping_interval=args.ping_interval,
-        uid_ttl=args.uid_ttl,
-        max_pending=args.max_pending,
-        max_prompt_chars=args.max_prompt_chars,
-        max_body_bytes=args.max_body_bytes,
-    )
+    if openai.get("system_prompt") == "":
+        openai["system_prompt"] = None
+    values["password"] = environ.get("APP_PASSWORD") or None
+    if "provider" not in values:
+        configured = "base_url" in openai or openai["api_key"]
+        values["provider"] = "openai" if configured else "demo"
+    return Config(openai=OpenAISettings(**openai), **values)
 
 
 # --- SSE framing ---------------------------------------------------------------------
@@ -226,6 +368,9 @@ def format_event(event: str, data: str, event_id: int) -> bytes:
 
 
 PING = b": ping\n\n"  # a comment: the page ignores it, proxies and TCP see traffic
+# Sent first on every stream: a browser whose connection drops comes back after
+# one second (not three), with Last-Event-ID, and the stream resumes.
+RETRY_FIELD = b"retry: 1000\n\n"
 
 
 def escape_text(text: str) -> str:
@@ -238,7 +383,22 @@ def escape_text(text: str) -> str:
     return html.escape(text).replace("\r", "&#13;")
 
 
-# --- the store of prompts and streams --------------------------------------------------
+# --- the store of streams ------------------------------------------------------------
+
+
+RATE_WINDOW_S = 60.0  # prompts_per_minute counts the prompts of the last minute
+TRY_LATER = "Please try again in a few seconds."
+RETRY = {"Retry-After": "5"}
+
+
+class Refusal(Exception):
+    """A request we turn down, with an HTTP status and a message for the person."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
 
 
 class NotClaimable(Exception):
@@ -254,25 +414,78 @@ ALREADY_STREAMING = (
 )
 
 
-@dataclass
-class Entry:
-    prompt: str
-    created: float
-    streaming: bool = False
+class Stream:
+    """One prompt's answer: the log of its events, the task producing them, who listens.
+
+    The producer appends events to ``frames``; each listener (an open
+    /response-stream request) writes the log out from where its browser is. A
+    browser that comes back with ``Last-Event-ID: n`` gets what follows event
+    n, so a dropped connection loses nothing and repeats nothing.
+    """
+
+    def __init__(self, uid: str, prompt: str, client: str) -> None:
+        self.uid = uid
+        self.prompt = prompt
+        self.client = client
+        self.created = time.monotonic()
+        self.frames: list[bytes | None] = []  # frames[n] is the event with id n + 1
+        self.closed = False  # the log ends with `close`
+        self.producer: asyncio.Task[None] | None = None
+        self.listeners = 0
+        self.stop_reason: str | None = None  # set when we end the generation on purpose
+        self.timer: asyncio.TimerHandle | None = None  # ends it when nobody comes back
+        self._thought_at: int | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def generating(self) -> bool:
+        return self.producer is not None and not self.closed
+
+    def append(self, event: str, data: str) -> None:
+        if self.closed:
+            return  # nothing follows `close`
+        self.frames.append(format_event(event, data, len(self.frames) + 1))
+        if event == "thought":
+            # The page shows only the latest thought, so a browser that comes
+            # back needs no older one: forget it, and memory stays flat.
+            if self._thought_at is not None:
+                self.frames[self._thought_at] = None
+            self._thought_at = len(self.frames) - 1
+        self.closed = event == "close"
+        # Wake every listener: each one waits on the Event of its moment.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def frames_after(self, event_id: int) -> bytes:
+        return b"".join(frame for frame in self.frames[event_id:] if frame is not None)
+
+    async def changed(self) -> None:
+        """Wait for the next event."""
+        await self._changed.wait()
+
+    def stop(self, reason: str) -> None:
+        """End the generation on purpose; the producer says why in the stream."""
+        if self.generating and self.stop_reason is None:
+            self.stop_reason = reason
+            self.producer.cancel()
 
 
 class Store:
-    """Prompts waiting for their stream, and streams in flight, by uid.
+    """Every stream, by uid, from the POST that makes it until it is over.
 
-    A uid is claimed once: the first GET for it streams the answer, any other
-    GET is refused. The entry goes away when its stream ends, or when nobody
-    claims it within ``ttl`` seconds. All changes happen under one asyncio lock.
+    A stream is *pending* until its first GET starts the producer. A second GET
+    is refused unless it resumes (``Last-Event-ID``). When the last listener
+    leaves, the generation goes on for ``grace`` seconds in case the browser
+    comes back, then stops. The entry goes away when a browser has received
+    `close`, when nobody came back within ``grace``, or when a pending prompt
+    waited longer than ``ttl``. Changes happen under one asyncio lock.
     """
 
-    def __init__(self, ttl: float, max_pending: int) -> None:
-        self.ttl = ttl
-        self.max_pending = max_pending
-        self._entries: dict[str, Entry] = {}
+    def __init__(self, config: Config, start: Callable[[Stream], asyncio.Task[None]]) -> None:
+        self.config = config
+        self._start = start
+        self._streams: dict[str, Stream] = {}
+        self._recent: dict[str, deque[float]] = {}  # each client's prompts in the last minute
         self._lock = asyncio.Lock()
 
     @staticmethod
@@ -281,48 +494,129 @@ class Store:
         # valid CSS selector: an id starting with a digit is not one.
         return "u" + secrets.token_hex(16)
 
-    @property
-    def pending(self) -> int:
-        return sum(not entry.streaming for entry in self._entries.values())
+    def streams(self) -> list[Stream]:
+        return list(self._streams.values())
 
-    @property
-    def streaming(self) -> int:
-        return sum(entry.streaming for entry in self._entries.values())
+    def counts(self) -> dict[str, int]:
+        streams = self._streams.values()
+        return {
+            "streams_in_flight": sum(stream.generating for stream in streams),
+            "uids_pending": sum(stream.producer is None for stream in streams),
+            "listeners": sum(stream.listeners for stream in streams),
+            "streams_kept": len(self._streams),
+        }
 
-    async def add(self, prompt: str) -> str | None:
-        """Store a prompt; its new uid, or None when too many are waiting."""
+    async def add(self, prompt: str, client: str) -> str:
+        """Store a prompt for ``client``; its new uid, or a Refusal naming the limit."""
         async with self._lock:
-            if self.pending >= self.max_pending:
-                return None
+            self._check_limits(client)
             uid = self.new_uid()
-            self._entries[uid] = Entry(prompt, created=time.monotonic())
+            self._streams[uid] = Stream(uid, prompt, client)
             return uid
 
-    async def claim(self, uid: str) -> str:
-        """Mark the uid as streaming and return its prompt, or raise NotClaimable."""
-        async with self._lock:
-            entry = self._entries.get(uid)
-            if entry is None or self._expired(entry):
-                raise NotClaimable(UNKNOWN_UID)
-            if entry.streaming:
-                raise NotClaimable(ALREADY_STREAMING)
-            entry.streaming = True
-            return entry.prompt
+    def _check_limits(self, client: str) -> None:
+        config = self.config
+        active = [stream for stream in self._streams.values() if not stream.closed]
+        if sum(stream.producer is None for stream in active) >= config.max_pending:
+            raise Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER, RETRY)
+        if len(active) >= config.max_streams:
+            raise Refusal(503, "The server is answering as many prompts as it can. " + TRY_LATER,
+                          RETRY)  # fmt: skip
+        mine = sum(stream.client == client for stream in active)
+        if mine >= config.max_streams_per_client:
+            raise Refusal(
+                429,
+                f"You already have {mine} answers streaming; wait for one to finish.",
+                RETRY,
+            )
+        now = time.monotonic()
+        recent = self._recent.setdefault(client, deque())
+        while recent and now - recent[0] > RATE_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= config.prompts_per_minute:
+            wait = math.ceil(RATE_WINDOW_S - (now - recent[0]))
+            raise Refusal(
+                429,
+                f"That is {len(recent)} prompts in a minute, the most allowed. "
+                f"Please wait {wait} s.",
+                {"Retry-After": str(wait)},
+            )
+        recent.append(now)
 
-    async def release(self, uid: str) -> None:
+    async def attach(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
+        """A listener joins: the stream and the event id to write from, or NotClaimable."""
         async with self._lock:
-            self._entries.pop(uid, None)
+            stream = self._streams.get(uid)
+            if stream is None or self._expired(stream):
+                raise NotClaimable(UNKNOWN_UID)
+            if stream.producer is None:
+                stream.producer = self._start(stream)
+                position = 0
+            elif last_event_id is not None and 0 <= last_event_id <= len(stream.frames):
+                position = last_event_id  # the browser came back: resume after its last event
+            else:
+                raise NotClaimable(ALREADY_STREAMING)
+            stream.listeners += 1
+            if stream.timer is not None:
+                stream.timer.cancel()
+                stream.timer = None
+            return stream, position
+
+    async def detach(self, stream: Stream, saw_close: bool) -> None:
+        """A listener left; ``saw_close`` says whether its browser got the whole stream."""
+        async with self._lock:
+            stream.listeners -= 1
+            if saw_close:
+                self._forget(stream)
+            elif stream.listeners == 0:
+                self._wait_for_return(stream)
+
+    async def finished(self, stream: Stream) -> None:
+        """The producer is done; with nobody listening, keep the log a while for a resume."""
+        async with self._lock:
+            if self._streams.get(stream.uid) is stream and stream.listeners == 0:
+                self._wait_for_return(stream)
+
+    def _wait_for_return(self, stream: Stream) -> None:
+        # Nobody listens. Give the browser `grace` seconds to reconnect, then
+        # stop the generation (releasing the model) and forget the stream.
+        if self.config.grace_period == 0:
+            self._give_up(stream)
+        elif stream.timer is None:
+            loop = asyncio.get_running_loop()
+            stream.timer = loop.call_later(self.config.grace_period, self._give_up, stream)
+
+    def _give_up(self, stream: Stream) -> None:
+        stream.timer = None
+        if stream.listeners == 0:
+            if stream.producer is not None:
+                stream.producer.cancel()  # its `finally` releases the upstream request
+            self._forget(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        if self._streams.get(stream.uid) is stream:
+            del self._streams[stream.uid]
+
+    async def stop(self, uid: str, reason: str) -> None:
+        async with self._lock:
+            stream = self._streams.get(uid)
+            if stream is not None:
+                stream.stop(reason)
 
     async def sweep(self) -> int:
-        """Forget prompts nobody streamed in time; how many were forgotten."""
+        """Forget prompts nobody streamed in time, and idle rate counters."""
         async with self._lock:
-            expired = [uid for uid, entry in self._entries.items() if self._expired(entry)]
-            for uid in expired:
-                del self._entries[uid]
+            expired = [stream for stream in self._streams.values() if self._expired(stream)]
+            for stream in expired:
+                self._forget(stream)
+            now = time.monotonic()
+            for client, recent in list(self._recent.items()):
+                if not recent or now - recent[-1] > RATE_WINDOW_S:
+                    del self._recent[client]
             return len(expired)
 
-    def _expired(self, entry: Entry) -> bool:
-        return not entry.streaming and time.monotonic() - entry.created > self.ttl
+    def _expired(self, stream: Stream) -> bool:
+        return stream.producer is None and time.monotonic() - stream.created > self.config.uid_ttl
 
 
 # --- app state -----------------------------------------------------------------------
@@ -333,22 +627,24 @@ PROVIDER = web.AppKey("provider", Provider)
 VENDOR = web.AppKey("vendor", dict)
 
 
-def make_provider(config: Config) -> Provider:
-    if config.provider == "demo":
-        return DemoProvider(delay=config.demo_delay)
-    raise ValueError(f"unknown provider {config.provider!r}")
-
-
 async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[PROVIDER] = make_provider(app[CONFIG])
-    yield
+    """The provider named in the config, with the HTTP client session it needs."""
+    config = app[CONFIG]
+    if config.provider == "demo":
+        app[PROVIDER] = DemoProvider(delay=config.demo_delay)
+        yield
+        return
+    # One client session for the app's life, closed with it.
+    async with aiohttp.ClientSession(connector=make_connector()) as session:
+        app[PROVIDER] = OpenAIProvider(session, config.openai)
+        yield
 
 
 async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     """Expire unclaimed prompts in the background, for the app's whole life."""
     store = app[STORE]
     # Check a few times per TTL, so an entry outlives its TTL by a fraction of it.
-    interval = store.ttl / 4
+    interval = app[CONFIG].uid_ttl / 4
 
     async def sweep_forever() -> None:
         while True:
@@ -428,16 +724,6 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-class Refusal(Exception):
-    """A request we turn down, with an HTTP status and a message for the person."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
-
-
 @aiohttp_jinja2.template("index.html")
 async def index(request: web.Request) -> dict[str, Any]:
     config = request.app[CONFIG]
@@ -477,16 +763,9 @@ async def process_prompt(request: web.Request) -> web.Response:
     """The bridge: store the prompt, answer at once with the snippet that streams it."""
     try:
         prompt = await read_prompt(request)
+        uid = await request.app[STORE].add(prompt, client_address(request))
     except Refusal as refusal:
         return refuse(request, refusal)
-    uid = await request.app[STORE].add(prompt)
-    if uid is None:
-        busy = Refusal(
-            503,
-            "Too many prompts are waiting right now. Please try again in a few seconds.",
-            {"Retry-After": "5"},
-        )
-        return refuse(request, busy)
     return aiohttp_jinja2.render_template("stream.html", request, {"uid": uid})
 
 
@@ -499,56 +778,32 @@ def refuse(request: web.Request, refusal: Refusal) -> web.Response:
     return response
 
 
+async def stop_stream(request: web.Request) -> web.Response:
+    """The Stop button: end the generation now; the partial answer becomes the final one."""
+    await request.app[STORE].stop(request.query.get("uid", ""), STOPPED)
+    return web.Response(status=204)  # nothing to swap: the stream itself shows the end
+
+
 async def healthz(request: web.Request) -> web.Response:
-    store = request.app[STORE]
     return web.json_response(
-        {
-            "status": "ok",
-            "provider": request.app[PROVIDER].name,
-            "streams_in_flight": store.streaming,
-            "uids_pending": store.pending,
-        }
+        {"status": "ok", "provider": request.app[PROVIDER].name, **request.app[STORE].counts()}
     )
 
 
-# --- the event stream ----------------------------------------------------------------
+# --- producing a stream: provider events become SSE events ----------------------------
 
 THOUGHT_TAIL_CHARS = 400  # the thought line shows the latest part of long reasoning
-
-
-class EventStream:
-    """Writes numbered SSE events and pings to one browser."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
-        self.last_id = 0
-
-    async def send(self, event: str, data: str) -> None:
-        self.last_id += 1
-        await self.response.write(format_event(event, data, self.last_id))
-
-    async def ping_forever(self, interval: float, owner: asyncio.Task[Any]) -> None:
-        """Ping every ``interval`` seconds; if the browser is gone, stop the owner."""
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                await self.response.write(PING)
-        except ConnectionError:
-            owner.cancel()
-
-
-async def open_event_stream(request: web.Request) -> EventStream:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            # Tells nginx not to buffer the stream (it would hold tokens back).
-            "X-Accel-Buffering": "no",
-        }
-    )
-    # Never compressed: a compressor buffers, and the tokens would arrive in lumps.
-    await response.prepare(request)
-    return EventStream(response)
+CRASHED = "Something went wrong on the server while streaming this answer. Please try again."
+RESTARTING = "The server is restarting. Please submit the prompt again in a moment."
+TOO_LONG = "The answer took longer than the server allows ({limit:.0f} s), so it was stopped."
+WRITING = "Writing…"  # the thought line of a model that does not show its reasoning
+STOPPED = "stopped"  # the reason a person's Stop button gives
+RESTARTING_REASON = "restarting"
+FINISH_NOTES = {
+    "length": "The answer was cut short: the model reached its token limit.",
+    "content_filter": "The answer was cut short by the model server's content filter.",
+    STOPPED: "You stopped the answer here.",
+}
 
 
 @dataclass
@@ -574,6 +829,11 @@ class Transcript:
         tail = self.reasoning[-THOUGHT_TAIL_CHARS:]
         return "…" + tail[tail.find(" ") + 1 :]
 
+    def reasoning_seconds(self) -> float | None:
+        if not self.reasoning or self.first_token_at is None:
+            return None
+        return (self.reasoning_done_at or time.monotonic()) - self.first_token_at
+
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         stats: dict[str, Any] = {"duration": now - self.started}
@@ -587,133 +847,360 @@ class Transcript:
         return stats
 
 
-async def response_stream(request: web.Request) -> web.StreamResponse:
-    """Stream one prompt's answer. Every answer ends with `close`, whatever happens."""
-    stream = await open_event_stream(request)
-    uid = request.query.get("uid", "")
-    try:
-        prompt = await request.app[STORE].claim(uid)
-    except NotClaimable as refused:
-        # A 200 with error + close: any other status makes the page retry forever.
-        await stream.send("error", escape_text(str(refused)))
-        await stream.send("close", "")
-        return stream.response
-    await relay(request, stream, uid, prompt)
-    return stream.response
+class Throttle:
+    """Calls ``send`` at most once per ``interval`` seconds.
 
-
-async def relay(request: web.Request, stream: EventStream, uid: str, prompt: str) -> None:
-    """Relay a provider's events to the browser: the one owner of this stream.
-
-    Its `finally` is the only place the stream's resources are let go: the ping
-    task, the provider's iterator (and with it any upstream response, so the
-    model stops generating) and the store entry.
+    Poked when it has been quiet, it sends at once (the first token is never
+    held back); poked again within the interval, it sends once at the end of
+    it, with whatever piled up. An interval of 0 sends on every poke.
     """
-    app = request.app
-    provider = app[PROVIDER]
-    transcript = Transcript()
-    outcome = "client left"
-    pinger = asyncio.create_task(
-        stream.ping_forever(app[CONFIG].ping_interval, owner=asyncio.current_task())
-    )
-    try:
-        async with aclosing(provider.stream(prompt)) as events:
-            outcome = await send_events(request, stream, uid, events, transcript)
-    except ConnectionError:
-        pass  # the browser left mid-write; nothing more to send
-    except Exception:
-        log.exception("stream %s: the provider failed", uid[:9])
-        outcome = "crashed"
-        await send_quietly(stream, "error", escape_text(CRASHED))
-    finally:
-        pinger.cancel()
-        await app[STORE].release(uid)
-        if outcome != "client left":
-            await send_quietly(stream, "close", "")
-        log_stream(uid, provider, outcome, transcript)
+
+    def __init__(self, interval: float, send: Callable[[], None]) -> None:
+        self.interval = interval
+        self._send = send
+        self._pending = False
+        self._last = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def poke(self) -> None:
+        self._pending = True
+        if self._timer is None:
+            wait = self._last + self.interval - self._loop.time()
+            if wait <= 0:
+                self.flush()
+            else:
+                self._timer = self._loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Send now if anything is waiting."""
+        self.discard()
+        if self._pending:
+            self._pending = False
+            self._last = self._loop.time()
+            self._send()
+
+    def discard(self) -> None:
+        """Forget the scheduled send (the caller sends something newer itself)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
-CRASHED = "Something went wrong on the server while streaming this answer. Please try again."
+class Relay:
+    """Turns one provider's events into the stream's SSE events, at a pace the page can take.
 
+    Answer text goes out as soon as it arrives, then at most once per
+    ``answer_window`` (a 1,000 tokens/s model would otherwise cost the page
+    1,000 swaps a second). The thought line is refreshed at most every
+    ``thought_interval``.
+    """
 
-async def send_quietly(stream: EventStream, event: str, data: str) -> None:
-    """Send if the browser is still there; at the end of a stream it may not be."""
-    with suppress(ConnectionError):
-        await stream.send(event, data)
+    def __init__(self, stream: Stream, transcript: Transcript, config: Config) -> None:
+        self.stream = stream
+        self.transcript = transcript
+        self._answer_sent = 0
+        self.answer = Throttle(config.answer_window, self._send_answer)
+        self.thought = Throttle(config.thought_interval, self._send_thought)
 
+    def _send_answer(self) -> None:
+        text = self.transcript.answer[self._answer_sent :]
+        self._answer_sent = len(self.transcript.answer)
+        self.stream.append("answer_chunk", escape_text(text))
 
-async def send_events(
-    request: web.Request,
-    stream: EventStream,
-    uid: str,
-    events: AsyncIterator[ProviderEvent],
-    transcript: Transcript,
-) -> str:
-    """Turn provider events into SSE events; the outcome, for the log."""
-    async for event in events:
+    def _send_thought(self) -> None:
+        self.stream.append("thought", escape_text(self.transcript.thought()))
+
+    def take(self, event: ProviderEvent) -> bool:
+        """Take one provider event; False once the stream has failed."""
+        transcript = self.transcript
         match event:
             case Status(text):
-                await stream.send("thought", escape_text(text))
+                self.thought.discard()  # the status is newer than any pending reasoning
+                self.stream.append("thought", escape_text(text))
             case Reasoning(text) if text:
                 transcript.mark_token()
                 transcript.reasoning += text
-                await stream.send("thought", escape_text(transcript.thought()))
+                self.thought.poke()
             case Answer(text) if text:
                 transcript.mark_token()
                 if transcript.reasoning_done_at is None:
                     transcript.reasoning_done_at = time.monotonic()
+                    if transcript.reasoning:
+                        self.thought.flush()  # the reasoning's last words before the answer
+                    else:
+                        self.stream.append("thought", WRITING)
                 transcript.answer += text
-                await stream.send("answer_chunk", escape_text(text))
+                self.answer.poke()
             case Usage():
                 transcript.usage = event
             case Finished(reason):
                 transcript.finish_reason = reason
             case Failure(message):
-                await stream.send("thought", "Stopped by an error.")
-                await stream.send("error", escape_text(message))
-                return "failed"
-    final = render_final_answer(request, uid, transcript)
-    await stream.send("thought", "Done.")
-    await stream.send("final_answer", final)
-    return "done"
+                self.fail(message)
+                return False
+        return True
+
+    def flush(self) -> None:
+        self.thought.flush()
+        self.answer.flush()
+
+    def fail(self, message: str) -> None:
+        self.flush()
+        self.stream.append("thought", "Stopped by an error.")
+        self.stream.append("error", escape_text(message))
+
+    def finish(self, final_answer: str) -> None:
+        self.flush()
+        self.stream.append("thought", "Done.")
+        self.stream.append("final_answer", final_answer)
 
 
-FINISH_NOTES = {
-    "length": "The answer was cut short: the model reached its token limit.",
-    "content_filter": "The answer was cut short by the model server's content filter.",
-}
+async def produce(app: web.Application, stream: Stream) -> None:
+    """Run the provider for one stream: the one owner of the generation.
+
+    Its `finally` is the only place the generation is let go: the provider's
+    iterator is closed (and with it any upstream response, so the model stops
+    generating), the log is closed with `close`, the outcome is logged.
+    """
+    config = app[CONFIG]
+    transcript = Transcript()
+    relay = Relay(stream, transcript, config)
+    outcome = "abandoned"  # cancelled because nobody was listening
+    try:
+        async with asyncio.timeout(config.max_duration):
+            async with aclosing(app[PROVIDER].stream(stream.prompt)) as events:
+                outcome = "done"
+                async for event in events:
+                    if not relay.take(event):
+                        outcome = "failed"
+                        break
+        if outcome == "done":
+            relay.finish(render_final_answer(app, stream.uid, transcript))
+    except TimeoutError:
+        outcome = "too long"
+        relay.fail(TOO_LONG.format(limit=config.max_duration))
+    except asyncio.CancelledError:
+        if stream.stop_reason is None:
+            raise  # abandoned: nobody is there to tell
+        outcome = stream.stop_reason
+        asyncio.current_task().uncancel()  # we asked for this cancellation; it is handled
+        if stream.stop_reason == STOPPED:
+            transcript.finish_reason = STOPPED
+            relay.finish(render_final_answer(app, stream.uid, transcript))
+        else:
+            relay.fail(RESTARTING)
+    except Exception:
+        log.exception("stream %s: the provider failed", stream.uid[:9])
+        outcome = "crashed"
+        relay.fail(CRASHED)
+    finally:
+        relay.thought.discard()
+        relay.answer.discard()
+        stream.append("close", "")
+        log_stream(app, stream, outcome, transcript)
+        await app[STORE].finished(stream)
 
 
-def render_final_answer(request: web.Request, uid: str, transcript: Transcript) -> str:
-    reasoning_seconds = None
-    if transcript.reasoning and transcript.first_token_at is not None:
-        end = transcript.reasoning_done_at or time.monotonic()
-        reasoning_seconds = end - transcript.first_token_at
-    return aiohttp_jinja2.render_string(
-        "final_answer.html",
-        request,
-        {
-            "uid": uid,
-            "transcript": transcript,
-            "reasoning_seconds": reasoning_seconds,
-            "note": FINISH_NOTES.get(transcript.finish_reason or ""),
-            "stats": transcript.stats(),
-            "model": request.app[PROVIDER].model,
-        },
+def render_final_answer(app: web.Application, uid: str, transcript: Transcript) -> str:
+    return (
+        aiohttp_jinja2.get_env(app)
+        .get_template("final_answer.html")
+        .render(
+            uid=uid,
+            transcript=transcript,
+            reasoning_seconds=transcript.reasoning_seconds(),
+            note=FINISH_NOTES.get(transcript.finish_reason or ""),
+            stats=transcript.stats(),
+            model=app[PROVIDER].model,
+        )
     )
 
 
-def log_stream(uid: str, provider: Provider, outcome: str, transcript: Transcript) -> None:
+def log_stream(app: web.Application, stream: Stream, outcome: str, transcript: Transcript) -> None:
     stats = transcript.stats()
+    prompt = f" prompt={stream.prompt!r}" if app[CONFIG].log_prompts else ""
     log.info(
-        "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s",
-        uid[:9],  # enough to follow one stream in the log, not enough to claim it
-        provider.name,
+        "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s%s",
+        stream.uid[:9],  # enough to follow one stream in the log, not enough to claim it
+        app[PROVIDER].name,
         outcome,
         stats["duration"],
         f"{stats['ttft']:.2f}s" if "ttft" in stats else "-",
         stats.get("tokens", "-"),
+        prompt,
     )
+
+
+# --- listening to a stream: the SSE response ----------------------------------------------
+
+
+class ClientTooSlow(Exception):
+    """The browser stopped reading: a write waited longer than the write timeout."""
+
+
+async def open_event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            # Tells nginx not to buffer the stream (it would hold tokens back).
+            "X-Accel-Buffering": "no",
+        }
+    )
+    # Never compressed: a compressor buffers, and the tokens would arrive in lumps.
+    await response.prepare(request)
+    return response
+
+
+async def write(response: web.StreamResponse, data: bytes, patience: float) -> None:
+    # A browser that reads nothing would make the write wait, and its data
+    # pile up in memory, forever: give up after `patience` seconds instead.
+    try:
+        async with asyncio.timeout(patience):
+            await response.write(data)
+    except TimeoutError:
+        raise ClientTooSlow from None
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The id of the last event the browser got, when it reconnects by itself."""
+    header = request.headers.get("Last-Event-ID", "")
+    return int(header) if header.isdecimal() else None
+
+
+async def response_stream(request: web.Request) -> web.StreamResponse:
+    """Stream one prompt's answer to one browser. Every answer ends with `close`."""
+    config = request.app[CONFIG]
+    response = await open_event_stream(request)
+    try:
+        stream, position = await request.app[STORE].attach(
+            request.query.get("uid", ""), last_event_id(request)
+        )
+    except NotClaimable as refused:
+        # A 200 with error + close: any other status makes the page retry forever.
+        await response.write(
+            format_event("error", escape_text(str(refused)), 1) + format_event("close", "", 2)
+        )
+        return response
+
+    saw_close = False
+    try:
+        await write(response, RETRY_FIELD, config.write_timeout)
+        saw_close = await listen(stream, response, position, config)
+    except (ConnectionError, ClientTooSlow):
+        if request.transport is not None:
+            request.transport.close()  # a slow client's unread data is dropped with it
+    finally:
+        await request.app[STORE].detach(stream, saw_close)
+    return response
+
+
+async def listen(
+    stream: Stream, response: web.StreamResponse, position: int, config: Config
+) -> bool:
+    """Write the stream's events after ``position`` as they come, and a ping when
+    it is quiet. True once `close` is written."""
+    while True:
+        if position < len(stream.frames):
+            end = len(stream.frames)
+            await write(response, stream.frames_after(position), config.write_timeout)
+            position = end
+            continue  # more may have come while writing
+        if stream.closed:
+            return True
+        try:
+            async with asyncio.timeout(config.ping_interval):
+                await stream.changed()
+        except TimeoutError:
+            await write(response, PING, config.write_timeout)
+
+
+# --- access: who may use the app --------------------------------------------------------
+
+OPEN_PATHS = frozenset({"/healthz"})  # for health checks, which carry no password
+REALM = 'Basic realm="HTMX AI Stream", charset="UTF-8"'
+
+
+def client_address(request: web.Request) -> str:
+    """The client's IP, for the per-client limits.
+
+    Behind a reverse proxy every request comes from the proxy; with
+    --trust-proxy the last X-Forwarded-For entry (the one our proxy added) is
+    the client. Without it the header is ignored: anyone can write one.
+    """
+    if request.app[CONFIG].trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded.strip():
+            return forwarded.split(",")[-1].strip()
+    return request.remote or "unknown"
+
+
+def password_matches(request: web.Request, password: str) -> bool:
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        _, _, given = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except ValueError:
+        return False
+    return secrets.compare_digest(given.encode(), password.encode())
+
+
+def cross_site(request: web.Request) -> bool:
+    """A POST sent by another site's page (a browser always says where it comes from)."""
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != f"{request.scheme}://{request.host}"
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The password (if one is set) for everything, and no POSTs from other sites."""
+    password = request.app[CONFIG].password
+    if password and request.path not in OPEN_PATHS and not password_matches(request, password):
+        # The browser asks for the password and sends it with every request
+        # after that, the page's event streams included.
+        return web.Response(
+            status=401,
+            text="This app needs a password.",
+            headers={"WWW-Authenticate": REALM},
+        )
+    if request.method == "POST" and cross_site(request):
+        return refuse(request, Refusal(403, "Prompts can only be sent from this app's page."))
+    return await handler(request)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers for every response; the page meets its own Content-Security-Policy."""
+    scripts = " ".join(
+        {url.split("/npm/")[0] for url in request.app[VENDOR].values() if "://" in url}
+    )
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        f"default-src 'self'; script-src 'self' {scripts}".strip()
+        + "; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+
+
+# --- shutdown ------------------------------------------------------------------------
+
+SHUTDOWN_TIMEOUT_S = 5.0  # how long shutdown waits for streams to say goodbye
+
+
+async def end_streams(app: web.Application) -> None:
+    """On SIGTERM or Ctrl-C: tell every browser, release every upstream request."""
+    streams = app[STORE].streams()
+    for stream in streams:
+        stream.stop(RESTARTING_REASON)
+    producers = [stream.producer for stream in streams if stream.producer is not None]
+    if producers:
+        await asyncio.wait(producers, timeout=SHUTDOWN_TIMEOUT_S)
 
 
 # --- the app -------------------------------------------------------------------------
@@ -726,9 +1213,9 @@ def text_filter(text: str) -> Markup:
 
 def make_app(config: Config, provider: Provider | None = None) -> web.Application:
     """The whole app. Tests may pass their own ``provider``; else ``config`` picks one."""
-    app = web.Application(client_max_size=config.max_body_bytes)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard])
     app[CONFIG] = config
-    app[STORE] = Store(ttl=config.uid_ttl, max_pending=config.max_pending)
+    app[STORE] = Store(config, start=lambda stream: asyncio.create_task(produce(app, stream)))
     app[VENDOR] = find_vendor_scripts()
     env = aiohttp_jinja2.setup(
         app,
@@ -742,9 +1229,12 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     else:
         app[PROVIDER] = provider
     app.cleanup_ctx.append(sweeper_ctx)
+    app.on_response_prepare.append(security_headers)
+    app.on_shutdown.append(end_streams)
     app.router.add_get("/", index)
     app.router.add_post("/process_prompt", process_prompt)
     app.router.add_get("/response-stream", response_stream)
+    app.router.add_post("/stop", stop_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/vendor/{filename}", vendor_file)
     app.router.add_static("/static/", STATIC_DIR)
@@ -755,9 +1245,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv if argv is not None else sys.argv[1:], os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log.info("answers come from the %s provider", config.provider)
-    # handler_cancellation: when a browser leaves, its handler is cancelled at
-    # once, and with it the upstream request, even while the model is silent.
-    web.run_app(make_app(config), host=config.host, port=config.port, handler_cancellation=True)
+    web.run_app(
+        make_app(config),
+        host=config.host,
+        port=config.port,
+        # A browser that leaves has its handler cancelled at once (not at the next ping).
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
 
 
 if __name__ == "__main__":

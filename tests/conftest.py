@@ -14,6 +14,9 @@ from providers.events import Provider, ProviderEvent
 from server import Config, make_app
 from tests.sse_client import SSEEvent, parse_stream
 
+# The scriptable fake OpenAI-compatible server: the `fake_upstream` fixture.
+pytest_plugins = ["tests.fake_upstream"]
+
 
 @dataclass(frozen=True)
 class Pause:
@@ -66,6 +69,15 @@ class ScriptedProvider:
             self.closed.set()
 
 
+TEST_DEFAULTS = {
+    "demo_delay": 0.0,
+    "answer_window": 0.0,
+    "thought_interval": 0.0,
+    "grace_period": 0.0,
+    "max_streams_per_client": 1000,
+    "prompts_per_minute": 1000,
+}
+
 StartApp = Callable[..., Awaitable[TestClient]]
 
 
@@ -73,12 +85,18 @@ StartApp = Callable[..., Awaitable[TestClient]]
 def start_app(aiohttp_client: Any) -> StartApp:
     """Start the app on 127.0.0.1 with a test config; returns an HTTP client for it.
 
-    ``start_app(provider=…, uid_ttl=…)``: keyword arguments other than
-    ``provider`` override ``Config`` fields. The demo provider runs instantly.
+    ``start_app(provider=…, uid_ttl=…)``: ``provider`` is a provider object
+    (such as a ScriptedProvider) or a provider's name ("demo", "openai");
+    other keyword arguments override ``Config`` fields. Unless a test says otherwise, the
+    demo provider runs instantly, every event goes out at once (no pacing), a
+    departed browser's generation stops at once, and the per-client limits
+    are out of the way.
     """
 
-    async def start(provider: Provider | None = None, **overrides: Any) -> TestClient:
-        config = Config(**{"demo_delay": 0.0, **overrides})
+    async def start(provider: Provider | str | None = None, **overrides: Any) -> TestClient:
+        if isinstance(provider, str):  # a provider's name: the app makes it from the config
+            provider, overrides = None, {**overrides, "provider": provider}
+        config = Config(**{**TEST_DEFAULTS, **overrides})
         return await aiohttp_client(make_app(config, provider=provider))
 
     return start

@@ -6,18 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from server import DEFAULT_OPENAI_BASE_URL, Config, build_parser, parse_config
+from providers.openai import DEFAULT_BASE_URL
+from server import Config, build_parser, parse_config
 
 
 def test_defaults_run_the_demo_on_loopback():
     config = parse_config([], {})
     assert (config.host, config.port, config.provider) == ("127.0.0.1", 8080, "demo")
-    assert config.api_key is None
+    assert config.openai.api_key is None
 
 
 def test_environment_beats_defaults():
     config = parse_config([], {"HOST": "0.0.0.0", "PORT": "9000", "OPENAI_MODEL": "qwen3"})
-    assert (config.host, config.port, config.model) == ("0.0.0.0", 9000, "qwen3")
+    assert (config.host, config.port, config.openai.model) == ("0.0.0.0", 9000, "qwen3")
 
 
 def test_flags_beat_environment():
@@ -28,8 +29,8 @@ def test_flags_beat_environment():
          "http://127.0.0.1:2/v1", "--provider", "demo"],
         env,
     )  # fmt: skip
-    assert (config.host, config.port, config.model) == ("127.0.0.2", 9001, "llama")
-    assert (config.base_url, config.provider) == ("http://127.0.0.1:2/v1", "demo")
+    assert (config.host, config.port, config.openai.model) == ("127.0.0.2", 9001, "llama")
+    assert (config.openai.base_url, config.provider) == ("http://127.0.0.1:2/v1", "demo")
 
 
 @pytest.mark.parametrize(
@@ -47,22 +48,53 @@ def test_provider_defaults_to_openai_when_configured(env, provider):
 
 def test_key_set_without_url_means_openai_itself():
     config = parse_config([], {"OPENAI_API_KEY": "sk-test"})
-    assert config.base_url == DEFAULT_OPENAI_BASE_URL
+    assert config.openai.base_url == DEFAULT_BASE_URL
 
 
 def test_api_key_is_environment_only_and_never_printed():
     config = parse_config([], {"OPENAI_API_KEY": "sk-very-secret"})
-    assert config.api_key == "sk-very-secret"
+    assert config.openai.api_key == "sk-very-secret"
     assert "sk-very-secret" not in repr(config)
     assert "--api-key" not in build_parser().format_help()
 
 
-def test_bad_values_are_refused_with_a_message(capsys):
-    for argv, env in ([["--port", "x"], {}], [[], {"PORT": "eighty"}], [["--uid-ttl", "0"], {}]):
-        with pytest.raises(SystemExit) as exit_info:
-            parse_config(argv, env)
-        assert exit_info.value.code == 2
-    assert "PORT must be a number" in capsys.readouterr().err
+BAD_VALUES = [
+    (["--port", "x"], {}, "--port: 'x' is not valid"),
+    ([], {"PORT": "eighty"}, "PORT: 'eighty' is not valid"),
+    (["--uid-ttl", "0"], {}, "--uid-ttl: '0' is not valid (must be above zero, not 0)"),
+    ([], {"OPENAI_TEMPERATURE": "-1"}, "must not be negative"),
+    (["--provider", "claude"], {}, "invalid choice: 'claude'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), BAD_VALUES)
+def test_bad_values_are_refused_with_a_message(capsys, argv, env, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(argv, env)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_model_settings_come_from_flags_and_env():
+    config = parse_config(
+        ["--temperature", "0.2", "--idle-timeout", "5", "--reasoning-hold", "0"],
+        {
+            "OPENAI_MAX_TOKENS": "512",
+            "OPENAI_SYSTEM_PROMPT": "Be brief.",
+            "OPENAI_TEMPERATURE": "1",
+        },
+    )
+    assert (config.openai.temperature, config.openai.max_tokens, config.openai.system_prompt) == (
+        0.2,
+        512,
+        "Be brief.",
+    )
+    assert (config.openai.idle_timeout, config.openai.reasoning_hold) == (5.0, 0.0)
+
+
+def test_empty_system_prompt_means_none():
+    assert parse_config(["--system-prompt", ""], {}).openai.system_prompt is None
+    assert parse_config([], {}).openai.system_prompt  # a short default otherwise
 
 
 def test_help_documents_every_option():
@@ -71,11 +103,12 @@ def test_help_documents_every_option():
         [sys.executable, "server.py", "--help"], cwd=root, capture_output=True, text=True,
         timeout=30, check=True,
     )  # fmt: skip
-    options = ["--host", "--port", "--provider", "--base-url", "--model", "--demo-delay",
-               "--ping-interval", "--uid-ttl", "--max-pending", "--max-prompt-chars",
-               "--max-body-bytes"]  # fmt: skip
+    options = ["--host", "--port", "--provider", "--base-url", "--model", "--system-prompt",
+               "--temperature", "--max-tokens", "--connect-timeout", "--first-token-timeout",
+               "--idle-timeout", "--reasoning-hold", "--demo-delay", "--ping-interval",
+               "--uid-ttl", "--max-pending", "--max-prompt-chars", "--max-body-bytes"]  # fmt: skip
     for option in options:
         assert option in result.stdout
     for variable in ["HOST", "PORT", "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"]:
         assert variable in result.stdout
-    assert set(vars(Config())) >= {"host", "port", "provider", "base_url", "model"}
+    assert set(vars(Config())) >= {"host", "port", "provider", "openai"}

@@ -73,6 +73,8 @@ async def test_post_only_stores_the_prompt(start_app):
         "provider": "scripted",
         "streams_in_flight": 0,
         "uids_pending": 1,
+        "listeners": 0,
+        "streams_kept": 1,
     }
 
 
@@ -90,22 +92,26 @@ async def test_stream_headers(start_app):
 
 
 async def test_stream_sends_exact_events_then_close(start_app):
+    # Short pauses let each event reach the socket before the next one: a
+    # newer thought replaces an older one that was not sent yet.
+    beat = Pause(0.02)
     provider = ScriptedProvider(
         [
-            Status("Connecting…"),
-            Reasoning("Let me "),
-            Reasoning("think."),
-            Answer("Hello"),
+            Status("Connecting…"), beat,
+            Reasoning("Let me "), beat,
+            Reasoning("think."), beat,
+            Answer("Hello"), beat,
             Answer(" <b>world</b>"),
             Usage(prompt_tokens=3, completion_tokens=2),
             Finished("stop"),
         ]
-    )
+    )  # fmt: skip
     client = await start_app(provider=provider)
     uid = await post_prompt(client)
     text, events, _ = await read_stream(client, uid)
 
     assert text.startswith(
+        "retry: 1000\n\n"
         "event: thought\nid: 1\ndata: Connecting…\n\n"
         "event: thought\nid: 2\ndata: Let me \n\n"
         "event: thought\nid: 3\ndata: Let me think.\n\n"
@@ -248,6 +254,7 @@ async def test_store_entry_is_removed_when_the_stream_ends(start_app):
     await read_stream(client, uid)
     assert await health(client) == {
         "status": "ok", "provider": "demo", "streams_in_flight": 0, "uids_pending": 0,
+        "listeners": 0, "streams_kept": 0,
     }  # fmt: skip
 
 
@@ -293,7 +300,7 @@ async def test_failed_ping_to_a_departed_client_ends_the_stream():
     """Even when the server runs without handler cancellation, the next ping
     finds out that the client left, and the stream lets go of everything."""
     provider = ScriptedProvider([Status("Connecting…"), Hang()])
-    app = make_app(Config(ping_interval=0.05), provider=provider)
+    app = make_app(Config(ping_interval=0.05, grace_period=0), provider=provider)
     runner = web.AppRunner(app, handler_cancellation=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -307,6 +314,6 @@ async def test_failed_ping_to_a_departed_client_ends_the_stream():
             await stream.content.readuntil(b"\n\n")
             stream.close()
             await asyncio.wait_for(provider.closed.wait(), timeout=2.0)
-            assert app[STORE].streaming == 0
+            assert app[STORE].counts()["streams_in_flight"] == 0
     finally:
         await runner.cleanup()

@@ -1,0 +1,660 @@
+"""Stream an answer from any OpenAI-compatible chat server.
+
+One request, ``POST {base_url}/chat/completions`` with ``"stream": true``, works
+against OpenAI, Azure OpenAI, DeepSeek, vLLM, llama.cpp's ``llama-server``,
+Ollama's ``/v1``, LM Studio, OpenRouter, Groq, xAI and friends. They all answer
+with Server-Sent Events whose data is a JSON "chunk"; they differ in the
+details, and this module absorbs the differences so the rest of the app only
+sees the domain events of ``providers.events``.
+
+How a stream is read:
+
+- Bytes come from ``response.content.iter_any()`` and go through the pure
+  parser in ``providers.upstream_sse`` (never ``readline``: aiohttp caps a line
+  there, and a reasoning model can send a 600 KB one).
+- Each chunk's ``choices[0].delta`` gives reasoning and answer text. Reasoning
+  is ``reasoning_content`` (DeepSeek, older vLLM, llama.cpp, LM Studio), else
+  ``reasoning`` (vLLM, Ollama, OpenRouter, Groq), else the text items of
+  ``reasoning_details`` (OpenRouter's mirror of ``reasoning``): one of them,
+  never two. JSON ``null`` and missing keys mean "nothing".
+- Content may carry inline ``<think>…</think>``; ``providers.think_tags`` splits
+  it, holding back text whose kind is not known yet so that reasoning is never
+  given out as answer. Its rules are in that module's docstring.
+- ``usage`` may be on any chunk (xAI sends it on all of them); the last one
+  seen is reported once, at the end. ``finish_reason`` ends the answer; what
+  follows it (the usage chunk, ``[DONE]``) is optional. A stream that ends
+  with neither a ``finish_reason`` nor ``[DONE]`` was interrupted.
+- Unknown keys (``obfuscation``, ``x_groq``, ``timings``, ``provider``…) and
+  chunks with an empty ``choices`` list (Azure's first, the usage chunk) are
+  fine.
+
+Failures end the stream with one short ``Failure`` that is safe to show: no
+HTML, no API key (a 401's message may echo a masked key, so it is never shown),
+upstream messages cut to ``MAX_MESSAGE_CHARS``. Errors inside a 200 stream come
+in many shapes, all handled: ``{"error": …}`` chunks (also when ``[DONE]``
+follows them, as vLLM does, and alongside non-empty ``choices``, as OpenRouter
+does), ``event: error``, llama.cpp's old ``error:`` line and
+``finish_reason: "error"``.
+
+Time limits (``OpenAISettings``): ``connect_timeout`` to open the connection;
+``first_token_timeout`` from the request to the first reasoning or answer
+text (keep-alive comments do not count, queued requests do); ``idle_timeout``
+for silence between two reads (any bytes, comments included, count as life).
+
+Leaving early: closing the generator (``aclose()``), or cancelling the task that
+iterates it, closes the upstream response before it returns. A half-read
+response is closed, not drained, so the connection drops and the model server
+stops generating.
+
+One connection per stream: the request says ``Connection: close``, so no
+connection is pooled and reused. Keep-alive saves little on a request that
+lasts seconds, and llama-server drops a large request sent on a connection
+that carried a stream a few milliseconds before ("Server disconnected").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import json
+import math
+import os
+import re
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from providers.events import (
+    Failure,
+    Finished,
+    ProviderEvent,
+    Reasoning,
+    Status,
+    Usage,
+)
+from providers.think_tags import ThinkTagSplitter
+from providers.upstream_sse import ERROR_EVENT, LineTooLong, SSEEvent, SSEParser
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MODELS_TIMEOUT_S = 5.0  # for GET /models, when no model is configured
+MAX_MODELS_LISTED = 10  # in the message that asks the person to choose
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
+
+#: How much of an error body is read: enough for any JSON error, not a whole page.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Upstream messages are cut to this length before they are shown.
+MAX_MESSAGE_CHARS = 300
+
+SSE_CONTENT_TYPE = "text/event-stream"
+DONE_MARKER = "[DONE]"
+FINISH_REASON_ERROR = "error"
+#: Statuses that mean "your key was refused"; their messages may echo the key.
+KEY_REFUSED_STATUSES = frozenset({401, 403})
+
+WAITING_STATUS = "Waiting for the first token…"
+INTERRUPTED = "The model server closed the stream before the answer was complete."
+BROKEN = "The connection to the model server broke before the answer was complete."
+STREAM_ERROR = "The model server reported an error"
+
+# A masked key as servers echo it ("sk-ab12**********wxyz"): any word with a run of stars.
+_MASKED_SECRET = re.compile(r"\S*\*{3,}\S*")
+_REDACTED = "[redacted]"
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """Where the model server is and how patient to be with it (times in seconds)."""
+
+    base_url: str = DEFAULT_BASE_URL
+    model: str = ""  # empty: the only model the server lists (see _resolve_model)
+    api_key: str | None = field(default=None, repr=False)
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    temperature: float | None = None
+    max_tokens: int | None = None
+    connect_timeout: float = 10.0
+    first_token_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    #: How long untagged content is held back in case a ``</think>`` follows
+    #: (see ``providers.think_tags``): 0 turns that off, ``math.inf`` always waits.
+    reasoning_hold: float = 1.0
+
+
+def make_connector() -> aiohttp.TCPConnector:
+    """A connector for the app's shared ``ClientSession``, made inside the running loop.
+
+    aiohttp allows 100 connections by default and makes the 101st request wait
+    for a free one; a stream holds its connection for minutes, so that cap would
+    silently queue people. ``limit=0`` lifts it: the model server decides how
+    many requests it serves at once.
+    """
+    return aiohttp.TCPConnector(limit=0)
+
+
+class OpenAIProvider:
+    """Streams one answer per prompt from an OpenAI-compatible server."""
+
+    name = "openai"
+
+    def __init__(self, session: aiohttp.ClientSession, settings: OpenAISettings) -> None:
+        self._session = session
+        self._settings = settings
+        self.model = settings.model
+        self.url = f"{settings.base_url.rstrip('/')}/chat/completions"
+        self.models_url = f"{settings.base_url.rstrip('/')}/models"
+
+    async def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
+        """Yield the events for one prompt (see ``providers.events`` for the contract)."""
+        try:
+            model = await self._resolve_model()
+        except _CannotStart as failure:
+            yield Failure(str(failure))
+            return
+        yield Status(f"Connecting to {model}…")
+        clock = _Clock(self._settings)
+        try:
+            response = await self._send(prompt, clock)
+        except _CannotStart as failure:
+            yield Failure(str(failure))
+            return
+        try:
+            problem = await self._problem_with(response)
+            if problem is not None:
+                yield Failure(problem)
+                return
+            yield Status(WAITING_STATUS)
+            translator = _Translator(self._settings)
+            chunks = response.content.iter_any()
+            while not translator.ended:
+                for event in await self._next_events(chunks, translator, clock):
+                    yield event
+        finally:
+            # Closed, not drained: dropping the connection of a half-read
+            # response is how the model server learns to stop generating.
+            response.close()
+
+    # --- the model ---
+
+    async def _resolve_model(self) -> str:
+        """The configured model, else the only one the server lists (llama.cpp,
+        vLLM and LM Studio usually serve one); asked once, when first needed,
+        so the model server may start after the app."""
+        if self.model:
+            return self.model
+        models = await self._list_models()
+        if len(models) == 1:
+            self.model = models[0]
+            return self.model
+        if models:
+            offered = ", ".join(models[:MAX_MODELS_LISTED])
+            more = "…" if len(models) > MAX_MODELS_LISTED else ""
+            raise _CannotStart(
+                f"Choose a model with --model or OPENAI_MODEL; the server offers: {offered}{more}"
+            )
+        raise _CannotStart(
+            f"No model is set, and the model server at {self._where()} lists none: "
+            "start the app with --model NAME or OPENAI_MODEL=NAME."
+        )
+
+    async def _list_models(self) -> list[str]:
+        """The ids from ``GET {base_url}/models``; empty when that fails in any way."""
+        headers = {}
+        if self._settings.api_key:
+            headers["Authorization"] = f"Bearer {self._settings.api_key}"
+        try:
+            async with (
+                asyncio.timeout(MODELS_TIMEOUT_S),
+                self._session.get(self.models_url, headers=headers) as response,
+            ):
+                if response.status != HTTPStatus.OK:
+                    return []
+                listing = json.loads(await self._read_capped(response))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return []
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(entries, list):
+            return []
+        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+    # --- the request ---
+
+    def _request_body(self, prompt: str) -> dict[str, Any]:
+        settings = self._settings
+        messages = []
+        if settings.system_prompt:
+            messages.append({"role": "system", "content": settings.system_prompt})
+        messages.append({"role": "user", "content": prompt})
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            # Without this, servers send no token counts in a stream.
+            "stream_options": {"include_usage": True},
+        }
+        if settings.temperature is not None:
+            body["temperature"] = settings.temperature
+        if settings.max_tokens is not None:
+            body["max_tokens"] = settings.max_tokens
+        return body
+
+    def _request_headers(self) -> dict[str, str]:
+        headers = {
+            "Accept": SSE_CONTENT_TYPE,
+            # A compressing proxy may buffer the stream until it has a block to
+            # compress; the identity encoding keeps tokens flowing.
+            "Accept-Encoding": "identity",
+            # One connection per stream, never reused (see the module docstring).
+            "Connection": "close",
+        }
+        if self._settings.api_key:
+            headers["Authorization"] = f"Bearer {self._settings.api_key}"
+        return headers
+
+    async def _send(self, prompt: str, clock: _Clock) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response headers, or raise ``_CannotStart``."""
+        settings = self._settings
+        connect = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout
+        )
+        try:
+            async with asyncio.timeout_at(clock.headers_deadline()):
+                return await self._session.post(
+                    self.url,
+                    json=self._request_body(prompt),
+                    headers=self._request_headers(),
+                    timeout=connect,
+                )
+        except aiohttp.ConnectionTimeoutError:
+            raise _CannotStart(
+                f"Could not reach the model server at {self._where()}: "
+                f"no connection within {settings.connect_timeout:g} s."
+            ) from None
+        except TimeoutError:
+            raise _CannotStart(
+                f"The model server at {self._where()} did not answer within "
+                f"{clock.headers_patience():g} s."
+            ) from None
+        except aiohttp.ClientConnectorError as error:
+            raise _CannotStart(
+                f"Could not reach the model server at {error.host}:{error.port}: "
+                f"{_os_reason(error.os_error)}."
+            ) from None
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
+            raise _CannotStart(
+                f"The model server URL is not a valid http(s) URL: {settings.base_url!r}."
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise _CannotStart(
+                f"The model server at {self._where()} dropped the request ({type(error).__name__})."
+            ) from None
+
+    def _where(self) -> str:
+        url = URL(self.url)
+        return f"{url.host}:{url.port}"
+
+    # --- the response ---
+
+    async def _problem_with(self, response: aiohttp.ClientResponse) -> str | None:
+        """A message if the response is not the event stream we asked for."""
+        if response.status != 200:
+            return await self._http_error(response)
+        if response.content_type != SSE_CONTENT_TYPE:
+            return await self._not_a_stream(response)
+        return None
+
+    async def _http_error(self, response: aiohttp.ClientResponse) -> str:
+        status = f"{response.status} {response.reason or ''}".rstrip()
+        if response.status in KEY_REFUSED_STATUSES:
+            if self._settings.api_key:
+                return f"The model server refused the API key ({status}). Check OPENAI_API_KEY."
+            return f"The model server wants an API key ({status}). Set OPENAI_API_KEY."
+        detail = _error_detail(_json_object(await self._read_capped(response)))
+        message = f"The model server answered {status}"
+        message += f": {self._clean(detail)}" if detail else "."
+        wait = _retry_after_seconds(response.headers)
+        if wait is not None:
+            message += f" Try again in {max(1, math.ceil(wait))} s."
+        return message
+
+    async def _not_a_stream(self, response: aiohttp.ClientResponse) -> str:
+        detail = _error_detail(_json_object(await self._read_capped(response)))
+        kind = response.content_type or "no content type"
+        message = f"The model server answered with {kind}, not an event stream"
+        message += f" ({self._clean(detail)})." if detail else "."
+        if not self._settings.base_url.rstrip("/").endswith("/v1"):
+            message += " The base URL probably lacks /v1 (as in http://127.0.0.1:8080/v1)."
+        return message
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        """Read at most ``MAX_ERROR_BODY_BYTES`` of a body, giving up after an idle timeout."""
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self._settings.idle_timeout):
+                while len(body) < MAX_ERROR_BODY_BYTES:
+                    data = await response.content.read(MAX_ERROR_BODY_BYTES - len(body))
+                    if not data:
+                        break
+                    body += data
+        except (TimeoutError, aiohttp.ClientError):
+            pass  # an error message is still owed; what arrived is what we have
+        return bytes(body)
+
+    def _clean(self, text: str) -> str:
+        return _clean(text, self._settings.api_key)
+
+    async def _next_events(
+        self, chunks: AsyncIterator[bytes], translator: _Translator, clock: _Clock
+    ) -> list[ProviderEvent]:
+        """Wait for the next read, or for the earliest deadline, and translate what happened."""
+        deadline, limit = clock.next_deadline(translator)
+        try:
+            async with asyncio.timeout_at(deadline):
+                data = await anext(chunks, b"")
+        except TimeoutError:
+            if limit is _Limit.HOLD:
+                return translator.poll(clock.now())
+            return translator.end(clock.expired_message(limit))
+        except (aiohttp.ClientError, OSError):
+            return translator.end(BROKEN)
+        if not data:
+            return translator.end(INTERRUPTED)
+        return translator.feed(data, clock.read())
+
+
+class _CannotStart(Exception):
+    """The request failed before a response arrived; the message is safe to show."""
+
+
+# --- time ---
+
+
+class _Limit(enum.Enum):
+    IDLE = "silence between two reads"
+    FIRST_TOKEN = "wait for the first reasoning or answer text"
+    HOLD = "held content becomes answer (not a failure)"
+
+
+class _Clock:
+    """The deadlines of one stream, on the event loop's monotonic clock."""
+
+    def __init__(self, settings: OpenAISettings) -> None:
+        self._settings = settings
+        self._loop = asyncio.get_running_loop()
+        self.started = self._loop.time()
+        self._last_read = self.started
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def read(self) -> float:
+        """Note that bytes arrived (any bytes are life); return the time."""
+        self._last_read = self.now()
+        return self._last_read
+
+    def headers_patience(self) -> float:
+        # Headers are the first read: both the idle and the first-token limits apply.
+        return min(self._settings.idle_timeout, self._settings.first_token_timeout)
+
+    def headers_deadline(self) -> float:
+        return self.started + self.headers_patience()
+
+    def next_deadline(self, translator: _Translator) -> tuple[float, _Limit]:
+        settings = self._settings
+        deadlines = [(self._last_read + settings.idle_timeout, _Limit.IDLE)]
+        if not translator.has_text:
+            deadlines.append((self.started + settings.first_token_timeout, _Limit.FIRST_TOKEN))
+        if translator.hold_deadline is not None:
+            deadlines.append((translator.hold_deadline, _Limit.HOLD))
+        return min(deadlines, key=lambda deadline: deadline[0])
+
+    def expired_message(self, limit: _Limit) -> str:
+        if limit is _Limit.FIRST_TOKEN:
+            return (
+                f"The model did not start answering within "
+                f"{self._settings.first_token_timeout:g} s."
+            )
+        return f"The model server went silent for {self._settings.idle_timeout:g} s."
+
+
+# --- from chunks to domain events ---
+
+
+class _Translator:
+    """Turns the bytes of an event stream into domain events. No I/O; the caller passes time."""
+
+    def __init__(self, settings: OpenAISettings) -> None:
+        self._api_key = settings.api_key
+        self._parser = SSEParser()
+        self._splitter = ThinkTagSplitter(settings.reasoning_hold)
+        self._finish_reason: str | None = None
+        self._done = False
+        self._usage: Usage | None = None
+        #: Whether any reasoning or answer text arrived (the first-token limit).
+        self.has_text = False
+        #: Whether the stream is over; the last event given out said how.
+        self.ended = False
+
+    @property
+    def hold_deadline(self) -> float | None:
+        return self._splitter.hold_deadline
+
+    def feed(self, data: bytes, now: float) -> list[ProviderEvent]:
+        """Take the bytes of one read."""
+        try:
+            sse_events = self._parser.feed(data)
+        except LineTooLong:
+            return self._fail(
+                f"The model server sent a line longer than "
+                f"{self._parser.max_line_bytes // (1024 * 1024)} MiB."
+            )
+        events: list[ProviderEvent] = []
+        for sse_event in sse_events:
+            events += self._take(sse_event, now)
+            if self.ended:
+                break
+        return events
+
+    def poll(self, now: float) -> list[ProviderEvent]:
+        """Let held content go once its time is up."""
+        return list(self._splitter.poll(now))
+
+    def end(self, interruption: str) -> list[ProviderEvent]:
+        """The stream stopped (end of body, timeout, broken connection).
+
+        A ``finish_reason`` or ``[DONE]`` already said the answer is complete,
+        so whatever stopped the stream after that does not make it a failure.
+        """
+        if self._finish_reason is not None or self._done:
+            return self._close(None)
+        return self._close(Failure(interruption))
+
+    def _fail(self, message: str) -> list[ProviderEvent]:
+        return self._close(Failure(message))
+
+    def _close(self, failure: Failure | None) -> list[ProviderEvent]:
+        if self.ended:
+            return []
+        self.ended = True
+        events: list[ProviderEvent] = list(self._splitter.finish())
+        if self._usage is not None:
+            events.append(self._usage)
+        if failure is not None:
+            events.append(failure)
+        elif self._finish_reason is not None:
+            events.append(Finished(self._finish_reason))
+        return events
+
+    def _take(self, sse_event: SSEEvent, now: float) -> list[ProviderEvent]:
+        if sse_event.event == ERROR_EVENT:
+            detail = _error_detail(_json_object(sse_event.data)) or sse_event.data
+            return self._fail_with(detail)
+        if sse_event.data.startswith(DONE_MARKER):
+            self._done = True
+            return self._close(None)
+        chunk = _json_object(sse_event.data)
+        if chunk is None:
+            return []  # not a JSON object: skipped, like an unknown field
+        if chunk.get("error") or chunk.get("object") == "error":
+            return self._fail_with(_error_detail(chunk))
+        self._usage = _usage(chunk) or self._usage
+        choice = _first_choice(chunk)
+        if choice is None:
+            return []
+        events = self._take_delta(choice.get("delta"), now)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason == FINISH_REASON_ERROR:
+            return events + self._fail_with(None)
+        if isinstance(finish_reason, str):
+            self._finish_reason = finish_reason
+        return events
+
+    def _take_delta(self, delta: Any, now: float) -> list[ProviderEvent]:
+        if not isinstance(delta, dict):
+            return []
+        events: list[ProviderEvent] = []
+        reasoning = _reasoning_text(delta)
+        if reasoning:
+            self.has_text = True
+            events += self._splitter.server_reasoning()
+            events.append(Reasoning(reasoning))
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            self.has_text = True
+            events += self._splitter.feed(content, now)
+        return events
+
+    def _fail_with(self, detail: str | None) -> list[ProviderEvent]:
+        if detail and detail.strip():
+            return self._fail(f"{STREAM_ERROR}: {_clean(detail, self._api_key)}")
+        return self._fail(f"{STREAM_ERROR} while answering.")
+
+
+# --- reading JSON ---
+
+
+def _json_object(text: str | bytes) -> dict[str, Any] | None:
+    """The JSON object in ``text``, or None for anything else (HTML, plain text, a list…)."""
+    try:
+        value = json.loads(text)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_detail(payload: dict[str, Any] | None) -> str | None:
+    """The message in an error body of any common shape, or None.
+
+    ``{"error": {"message": …}}`` (OpenAI and most), ``{"error": "…"}`` (LM
+    Studio, Ollama's native API), ``{"object": "error", "message": …}`` (older vLLM).
+    """
+    if payload is None:
+        return None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+    elif isinstance(error, str):
+        message = error
+    else:
+        message = payload.get("message")
+    return message if isinstance(message, str) and message.strip() else None
+
+
+def _first_choice(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def _reasoning_text(delta: dict[str, Any]) -> str:
+    """The reasoning in a delta, from the first field that has some (never two)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    details = delta.get("reasoning_details")
+    if isinstance(details, list):
+        return "".join(_reasoning_detail_text(item) for item in details)
+    return ""
+
+
+#: The text-bearing ``reasoning_details`` types and the key of their text;
+#: ``reasoning.encrypted`` carries none.
+_REASONING_DETAIL_TEXT_KEYS = {"reasoning.text": "text", "reasoning.summary": "summary"}
+
+
+def _reasoning_detail_text(item: Any) -> str:
+    if not isinstance(item, dict):
+        return ""
+    key = _REASONING_DETAIL_TEXT_KEYS.get(item.get("type"))
+    text = item.get(key) if key else None
+    return text if isinstance(text, str) else ""
+
+
+def _usage(chunk: dict[str, Any]) -> Usage | None:
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# --- words for people ---
+
+
+def _clean(text: str, api_key: str | None) -> str:
+    """Make an upstream message safe to show: no key, no masked key, one line, short."""
+    if api_key:
+        text = text.replace(api_key, _REDACTED)
+    text = _MASKED_SECRET.sub(_REDACTED, text)
+    text = _WHITESPACE.sub(" ", text).strip()
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
+    return text
+
+
+def _os_reason(error: OSError) -> str:
+    """Why a connection failed, in words: "Connection refused", not "[Errno 111] …"."""
+    if isinstance(error, ssl.SSLError):  # its errno is an OpenSSL code, not an OS one
+        detail = getattr(error, "verify_message", None) or error.reason or "handshake error"
+        return f"the TLS handshake failed ({detail})"
+    if error.errno is not None and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or type(error).__name__
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The server's retry hint: ``retry-after-ms``, else ``Retry-After`` (seconds or a date)."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return float(milliseconds) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" in an HTTP date means UTC, parsed as naive
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()

@@ -1,0 +1,170 @@
+"""Split a model's ``content`` into reasoning and answer when it uses ``<think>`` tags.
+
+Servers that do not parse reasoning (llama.cpp with ``--reasoning-format none``,
+vLLM without a reasoning parser, Groq's ``raw`` format, LM Studio without
+"separate reasoning_content", old Ollama) leave the model's thoughts inline::
+
+    <think>Let me add 2 and 2.</think>
+
+    4
+
+The rule this module keeps: **reasoning is never given out as answer.** An
+answer piece cannot be taken back (the page appends it), so text whose kind is
+not known yet is held back until it is:
+
+1. ``<think>`` counts only at the start of the content, after optional white
+   space. From there to ``</think>`` everything is reasoning, given out as it
+   comes. If the stream ends before ``</think>``, it was all reasoning.
+2. Some chat templates (Qwen3-Thinking, DeepSeek-R1) put ``<think>`` in the
+   prompt, so the output holds only the closing ``</think>``. Content that does
+   not start with ``<think>`` is therefore *held*: if ``</think>`` arrives, the
+   text before it was reasoning. If ``hold`` seconds pass (counted from the
+   first content) without it, the held text is released as answer and any later
+   ``</think>`` is ordinary text. At the end of the stream, held text is the
+   answer. ``hold=0`` turns this detection off (untagged text is answer at
+   once); ``hold=math.inf`` always waits for ``</think>`` or the end.
+3. A tag may arrive split over several pieces (``"<th"`` + ``"ink>"``): a
+   trailing piece of text that could be the start of the tag is kept back
+   until the next piece settles it.
+4. Line breaks at the very start of the answer right after reasoning are
+   dropped (the ``"\\n\\n"`` models write after ``</think>``).
+5. When the server sends reasoning in a field of its own, it parses the tags
+   itself: ``server_reasoning()`` turns tag handling off for the rest of the
+   stream (rule 4 still applies).
+
+The splitter is pure: the caller passes the time (``now``, in seconds on any
+monotonic clock) and asks it to ``poll()`` when ``hold_deadline`` passes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from providers.events import Answer, Reasoning
+
+OPEN_TAG = "<think>"
+CLOSE_TAG = "</think>"
+_ANSWER_LEADING_BREAKS = "\r\n"
+
+Piece = Reasoning | Answer
+
+
+class _Mode(enum.Enum):
+    UNDECIDED = "nothing but white space or part of <think> so far"
+    THINKING = "inside <think>, waiting for </think>"
+    HOLDING = "untagged text that may still turn out to be reasoning"
+    ANSWERING = "everything from here on is answer"
+
+
+def _partial_tag_length(text: str, tag: str) -> int:
+    """How many characters at the end of ``text`` could be the start of ``tag``."""
+    for length in range(min(len(text), len(tag) - 1), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
+
+
+class ThinkTagSplitter:
+    """Turns content pieces into ``Reasoning`` and ``Answer`` pieces (see the module docstring)."""
+
+    def __init__(self, hold: float) -> None:
+        self._hold = hold
+        self._mode = _Mode.UNDECIDED
+        self._buffer = ""
+        self._hold_until: float | None = None
+        self._after_reasoning = False
+        self._answer_started = False
+
+    @property
+    def hold_deadline(self) -> float | None:
+        """When held text becomes answer, if text is being held; ``poll()`` then."""
+        return self._hold_until if self._mode is _Mode.HOLDING else None
+
+    def feed(self, text: str, now: float) -> list[Piece]:
+        """Take the next piece of content; return what can be given out now."""
+        if not text:
+            return []
+        if self._hold_until is None:
+            self._hold_until = now + self._hold
+        # Text held past its time is answer, whatever this new piece says.
+        pieces = self._advance(now)
+        self._buffer += text
+        return pieces + self._advance(now)
+
+    def poll(self, now: float) -> list[Piece]:
+        """Release held text if its time is up."""
+        return self._advance(now)
+
+    def server_reasoning(self) -> list[Piece]:
+        """The server sent reasoning in its own field: stop looking for tags."""
+        pieces = self.finish() if self._mode is not _Mode.ANSWERING else []
+        self._mode = _Mode.ANSWERING
+        self._after_reasoning = True
+        return pieces
+
+    def finish(self) -> list[Piece]:
+        """The content is over: give out whatever was kept back."""
+        if self._mode is _Mode.THINKING:
+            return self._reasoning(self._take(len(self._buffer)))
+        return self._answer(self._take(len(self._buffer)))
+
+    def _advance(self, now: float) -> list[Piece]:
+        pieces: list[Piece] = []
+        while self._buffer:
+            if self._mode is _Mode.UNDECIDED:
+                if not self._decide():
+                    break
+            elif self._mode is _Mode.THINKING:
+                if not self._split_at_close_tag(pieces):
+                    settled = len(self._buffer) - _partial_tag_length(self._buffer, CLOSE_TAG)
+                    pieces += self._reasoning(self._take(settled))
+                    break
+            elif self._mode is _Mode.HOLDING:
+                if not self._split_at_close_tag(pieces):
+                    if now < self._hold_until:
+                        break
+                    self._mode = _Mode.ANSWERING
+            else:
+                pieces += self._answer(self._take(len(self._buffer)))
+        return pieces
+
+    def _take(self, length: int) -> str:
+        """Remove and return the first ``length`` characters of the buffer."""
+        text, self._buffer = self._buffer[:length], self._buffer[length:]
+        return text
+
+    def _decide(self) -> bool:
+        """Settle the mode from the start of the content; False while it cannot be told."""
+        start = self._buffer.lstrip()
+        if start.startswith(OPEN_TAG):
+            self._buffer = start.removeprefix(OPEN_TAG)
+            self._mode = _Mode.THINKING
+        elif OPEN_TAG.startswith(start):
+            return False
+        else:
+            self._mode = _Mode.HOLDING if self._hold > 0 else _Mode.ANSWERING
+        return True
+
+    def _split_at_close_tag(self, pieces: list[Piece]) -> bool:
+        """If ``</think>`` has arrived, give out the reasoning before it and switch to answer."""
+        reasoning, found, rest = self._buffer.partition(CLOSE_TAG)
+        if not found:
+            return False
+        pieces += self._reasoning(reasoning)
+        self._buffer = rest
+        self._mode = _Mode.ANSWERING
+        return True
+
+    def _reasoning(self, text: str) -> list[Piece]:
+        if not text:
+            return []
+        self._after_reasoning = True
+        return [Reasoning(text)]
+
+    def _answer(self, text: str) -> list[Piece]:
+        if self._after_reasoning and not self._answer_started:
+            text = text.lstrip(_ANSWER_LEADING_BREAKS)
+        if not text:
+            return []
+        self._answer_started = True
+        return [Answer(text)]

@@ -1,0 +1,110 @@
+"""Each limit refuses with a readable message, the right status and Retry-After."""
+
+import asyncio
+import socket
+
+import pytest
+
+from providers.events import Answer
+from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
+from tests.sse_client import parse_stream
+
+
+async def refused(client, prompt="hi", headers=None):
+    response = await client.post("/process_prompt", data={"prompt": prompt}, headers=headers)
+    return response.status, response.headers.get("Retry-After"), await response.text()
+
+
+async def test_prompts_per_minute_per_client(start_app):
+    client = await start_app(prompts_per_minute=3)
+    for _ in range(3):
+        await post_prompt(client)
+    status, retry_after, message = await refused(client)
+
+    assert status == 429
+    assert 55 <= int(retry_after) <= 60
+    assert "3 prompts in a minute" in message and "Please wait" in message
+
+
+@pytest.mark.parametrize(
+    ("limit", "status", "message"),
+    [
+        ({"max_streams_per_client": 2}, 429, "You already have 2 answers streaming"),
+        ({"max_streams": 2}, 503, "The server is answering as many prompts as it can"),
+        ({"max_pending": 2}, 503, "Too many prompts are waiting right now"),
+    ],
+    ids=["per-client", "everyone", "pending"],
+)
+async def test_streams_at_once_are_limited(start_app, limit, status, message):
+    client = await start_app(**limit)
+    await post_prompt(client)
+    await post_prompt(client)
+    refusal = await refused(client)
+    assert refusal[:2] == (status, "5")
+    assert message in refusal[2]
+
+
+async def test_finished_streams_do_not_count_against_the_client(start_app):
+    client = await start_app(max_streams_per_client=1)
+    for _ in range(3):
+        uid = await post_prompt(client)
+        await read_stream(client, uid)
+
+
+async def test_clients_are_told_apart_by_x_forwarded_for_only_with_trust_proxy(start_app):
+    trusting = await start_app(max_streams_per_client=1, trust_proxy=True)
+    await post_prompt(trusting)  # from 127.0.0.1
+    one = {"X-Forwarded-For": "203.0.113.9, 198.51.100.1"}
+    assert (await refused(trusting, headers=one))[0] == 200  # a different client
+    assert (await refused(trusting, headers=one))[0] == 429  # the same one again
+
+    naive = await start_app(max_streams_per_client=1)
+    await post_prompt(naive)
+    assert (await refused(naive, headers=one))[0] == 429  # the header is not believed
+
+
+async def test_answer_longer_than_max_duration_is_stopped(start_app):
+    provider = ScriptedProvider([Answer("partial"), Hang()])
+    client = await start_app(provider=provider, max_duration=0.3)
+    uid = await post_prompt(client)
+    _, events, _ = await read_stream(client, uid)
+
+    assert [e.event for e in events[-2:]] == ["error", "close"]
+    assert "took longer than the server allows" in events[-2].data
+    assert provider.closed.is_set()
+
+
+async def test_a_client_that_reads_nothing_is_dropped(start_app):
+    """A frozen browser must not hold the server's memory without bound."""
+    big = "x" * 200_000
+    provider = ScriptedProvider([Answer(big) for _ in range(200)])
+    client = await start_app(provider=provider, write_timeout=0.3)
+    uid = await post_prompt(client)
+
+    # A raw socket that sends the request and then never reads.
+    host, port = client.server.host, client.server.port
+    _reader, writer = await asyncio.open_connection(host, port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    writer.write(f"GET /response-stream?uid={uid} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+
+    async def listeners():
+        return (await (await client.get("/healthz")).json())["listeners"]
+
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if await listeners() == 0:
+            break
+    assert await listeners() == 0
+    writer.close()
+
+
+async def test_limits_keep_the_server_serving(start_app):
+    client = await start_app(prompts_per_minute=1)
+    await post_prompt(client)
+    assert (await refused(client))[0] == 429
+    events, _ = parse_stream(
+        await (await client.get("/response-stream", params={"uid": "nope"})).text()
+    )
+    assert [e.event for e in events] == ["error", "close"]

@@ -1,0 +1,864 @@
+"""OpenAIProvider against a fake upstream on a real loopback socket.
+
+Each dialect test replays what that server really sends (see
+shared/notes/openai-stream-dialects.md, section 2) and checks the exact
+reasoning and answer text that come out. Byte-stream cases run three times:
+frames written whole, one byte per write, and cut at random places.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from providers.events import Answer, Reasoning, Status, Usage
+from providers.openai import (
+    BROKEN,
+    INTERRUPTED,
+    WAITING_STATUS,
+    OpenAIProvider,
+    OpenAISettings,
+)
+from tests.fake_upstream import (
+    DONE,
+    SPLIT_MODES,
+    FakeUpstream,
+    Pause,
+    StreamResult,
+    chunk,
+    collect,
+    comment,
+    error_body,
+    events_until,
+    frame,
+    usage_chunk,
+)
+
+# For the fake_upstream and client_session fixtures, until tests/conftest.py
+# registers the plugin (then this line is harmless).
+pytest_plugins = ["tests.fake_upstream"]
+
+API_KEY = "sk-test-7Hq2SECRETvalue9Zx"
+MASKED_KEY = "sk-test-****************9Zx"
+#: Long enough for any loopback write, short enough to keep the suite quick.
+SHORT = 0.3
+#: The upper bound the brief sets for "the upstream request is cancelled".
+CANCEL_WITHIN = 1.0
+
+
+@pytest.fixture(params=SPLIT_MODES)
+def split(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+Run = Callable[..., Any]
+
+
+@pytest.fixture
+def run(fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession) -> Run:
+    """Script one reply, stream one prompt through a provider, check the key stays secret."""
+
+    async def go(body: Any = (), *, settings: dict[str, Any] | None = None, **reply: Any):
+        fake_upstream.reply(body, **reply)
+        provider = make_provider(fake_upstream, client_session, **(settings or {}))
+        result = await collect(provider)
+        assert API_KEY not in result.shown_text
+        assert "****" not in result.shown_text
+        return result
+
+    return go
+
+
+def make_provider(
+    upstream: FakeUpstream, client_session: aiohttp.ClientSession, **overrides: Any
+) -> OpenAIProvider:
+    options: dict[str, Any] = {
+        "base_url": upstream.base_url,
+        "model": "test-model",
+        "api_key": API_KEY,
+        "first_token_timeout": 5.0,
+        "idle_timeout": 5.0,
+        **overrides,
+    }
+    return OpenAIProvider(client_session, OpenAISettings(**options))
+
+
+def assert_success(
+    result: StreamResult, reasoning: str, answer: str, reason: str | None = "stop"
+) -> None:
+    assert result.failure is None, result.failure
+    assert result.reasoning == reasoning
+    assert result.answer == answer
+    assert result.finished == reason
+
+
+def assert_failure(result: StreamResult, answer: str, *fragments: str) -> None:
+    assert result.answer == answer
+    assert result.failure is not None, result.events
+    for fragment in fragments:
+        assert fragment in result.failure
+
+
+# --- the request ---
+
+
+async def test_request_is_an_openai_streaming_chat_completion(
+    fake_upstream: FakeUpstream, run: Run
+) -> None:
+    await run(
+        [chunk(content="ok", finish_reason="stop"), DONE],
+        settings={"temperature": 0.2, "max_tokens": 64, "system_prompt": "Be brief."},
+    )
+    (request,) = fake_upstream.requests
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["Accept"] == "text/event-stream"
+    assert request.json == {
+        "model": "test-model",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello?"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.2,
+        "max_tokens": 64,
+    }
+
+
+async def test_request_without_key_or_options(fake_upstream: FakeUpstream, run: Run) -> None:
+    await run(
+        [chunk(content="ok", finish_reason="stop"), DONE],
+        settings={"api_key": None, "system_prompt": None, "base_url": fake_upstream.base_url + "/"},
+    )
+    (request,) = fake_upstream.requests
+    assert request.path == "/v1/chat/completions"
+    assert "Authorization" not in request.headers
+    assert request.json["messages"] == [{"role": "user", "content": "Hello?"}]
+    assert "temperature" not in request.json
+    assert "max_tokens" not in request.json
+
+
+async def test_each_stream_has_its_own_connection(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """No pooled connection is reused (llama-server drops requests on a reused one)."""
+    provider = make_provider(fake_upstream, client_session)
+    for _ in range(2):
+        fake_upstream.reply([chunk(content="ok", finish_reason="stop"), DONE])
+        assert (await collect(provider)).failure is None
+    first, second = fake_upstream.requests
+    assert first.headers["Connection"] == "close"
+    assert first.peer != second.peer
+
+
+async def test_settings_repr_hides_the_key() -> None:
+    settings = OpenAISettings(base_url="http://127.0.0.1:1/v1", model="m", api_key=API_KEY)
+    assert API_KEY not in repr(settings)
+
+
+# --- dialects ---
+
+
+async def test_openai(run: Run, split: str) -> None:
+    result = await run(
+        [
+            chunk(
+                role="assistant", content="", refusal=None, usage=None, extra={"obfuscation": "x1"}
+            ),
+            chunk(content="Hello", usage=None, extra={"obfuscation": "Qz"}),
+            chunk(content=", world!", usage=None),
+            chunk(finish_reason="stop", usage=None),
+            usage_chunk(9, 4),
+            DONE,
+        ],
+        split=split,
+        content_type="text/event-stream; charset=utf-8",
+    )
+    assert_success(result, "", "Hello, world!")
+    assert result.usage == Usage(prompt_tokens=9, completion_tokens=4)
+    kinds = [type(event).__name__ for event in result.events]
+    assert kinds[:2] == ["Status", "Status"]
+    assert kinds[-2:] == ["Usage", "Finished"]
+
+
+async def test_azure_empty_choices_first(run: Run, split: str) -> None:
+    filters = {"hate": {"filtered": False, "severity": "safe"}}
+    result = await run(
+        [
+            frame({"id": "", "choices": [], "prompt_filter_results": [{"prompt_index": 0}]}),
+            chunk(role="assistant", content=""),
+            chunk(content="Azure says hi.", extra={"content_filter_results": filters}),
+            chunk(finish_reason="stop"),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "", "Azure says hi.")
+
+
+async def test_deepseek_reasoning_content_with_nulls_and_keep_alive(run: Run, split: str) -> None:
+    result = await run(
+        [
+            comment("keep-alive"),
+            comment("keep-alive"),
+            chunk(role="assistant", content=None, reasoning_content=""),
+            chunk(content=None, reasoning_content="Two plus two"),
+            chunk(content=None, reasoning_content=" is four."),
+            chunk(content="The answer", reasoning_content=None),
+            chunk(content=" is 4.", reasoning_content=None),
+            chunk(content="", reasoning_content=None, finish_reason="stop"),
+            usage_chunk(12, 30),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "Two plus two is four.", "The answer is 4.")
+    assert result.usage == Usage(12, 30)
+
+
+async def test_vllm_reasoning_field_and_blank_content(run: Run, split: str) -> None:
+    result = await run(
+        [
+            chunk(role="assistant", content=""),
+            chunk(reasoning="Let me think.\n"),
+            chunk(reasoning="Done thinking."),
+            chunk(content="\n\n"),
+            chunk(content="Paris is the capital."),
+            chunk(content="", finish_reason="stop"),
+            usage_chunk(20, 11),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "Let me think.\nDone thinking.", "Paris is the capital.")
+
+
+async def test_vllm_error_then_done_is_a_failure(run: Run, split: str) -> None:
+    error = {"message": "Engine died: out of memory", "type": "InternalServerError", "code": 500}
+    result = await run(
+        [chunk(content="Part"), frame({"error": error}), DONE],
+        split=split,
+    )
+    assert_failure(result, "Part", "Engine died: out of memory")
+    assert result.finished is None
+
+
+async def test_old_vllm_flat_error_mid_stream(run: Run, split: str) -> None:
+    flat = {"object": "error", "message": "Request was aborted", "code": 400}
+    result = await run([chunk(content="Half"), frame(flat), DONE], split=split)
+    assert_failure(result, "Half", "Request was aborted")
+
+
+async def test_llama_cpp_with_timings(run: Run, split: str) -> None:
+    timings = {"prompt_n": 5, "prompt_ms": 3.1, "predicted_n": 2, "predicted_per_second": 80.0}
+    result = await run(
+        [
+            chunk(role="assistant", content=None, extra={"system_fingerprint": "b6510-abc"}),
+            chunk(content="Hi"),
+            chunk(content=" there"),
+            chunk(finish_reason="stop", extra={"timings": timings}),
+            frame({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "", "Hi there")
+    assert result.usage == Usage(5, 2)
+
+
+async def test_old_llama_cpp_error_line_then_done(run: Run, split: str) -> None:
+    error = json.dumps({"code": 500, "message": "slot unavailable", "type": "server_error"})
+    result = await run(
+        [chunk(content="Once upon"), f"error: {error}\n\n".encode(), DONE],
+        split=split,
+    )
+    assert_failure(result, "Once upon", "slot unavailable")
+
+
+async def test_llama_cpp_error_without_done(run: Run, split: str) -> None:
+    error = {"code": 400, "message": "context size exceeded", "type": "exceed_context_size_error"}
+    result = await run([chunk(content="Long "), frame({"error": error})], split=split)
+    assert_failure(result, "Long ", "context size exceeded")
+
+
+async def test_ollama_role_on_every_delta(run: Run, split: str) -> None:
+    extra = {"system_fingerprint": "fp_ollama"}
+    result = await run(
+        [
+            chunk(role="assistant", content="", reasoning="Hmm, ", extra=extra),
+            chunk(role="assistant", content="", reasoning="a greeting.", extra=extra),
+            chunk(role="assistant", content="Hello!", extra=extra),
+            chunk(role="assistant", content="", finish_reason="stop", extra=extra),
+            usage_chunk(7, 9),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "Hmm, a greeting.", "Hello!")
+
+
+async def test_lm_studio_wrong_path_is_json_not_a_stream(
+    fake_upstream: FakeUpstream, run: Run
+) -> None:
+    body = json.dumps({"error": "Unexpected endpoint or method. (POST /chat/completions)"})
+    result = await run(
+        body.encode(),
+        content_type="application/json",
+        settings={"base_url": fake_upstream.base_url.removesuffix("/v1")},
+    )
+    assert_failure(result, "", "Unexpected endpoint or method", "/v1")
+    assert fake_upstream.requests[0].path == "/chat/completions"
+
+
+async def test_openrouter_comments_and_mirrored_reasoning_details(run: Run, split: str) -> None:
+    def thinking(text: str) -> bytes:
+        details = [{"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}]
+        return chunk(
+            role="assistant", content="", reasoning=text, reasoning_details=details,
+            extra={"provider": "SomeHost"},
+        )  # fmt: skip
+
+    result = await run(
+        [
+            comment("OPENROUTER PROCESSING"),
+            comment("OPENROUTER PROCESSING"),
+            thinking("Think "),
+            thinking("once."),
+            b":\n\n",
+            chunk(role="assistant", content="Answer.", extra={"provider": "SomeHost"}),
+            chunk(
+                role="assistant",
+                content="",
+                finish_reason="stop",
+                extra={"native_finish_reason": "end_turn"},
+            ),
+            usage_chunk(3, 4),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "Think once.", "Answer.")
+
+
+async def test_reasoning_details_alone(run: Run, split: str) -> None:
+    details = [
+        {"type": "reasoning.summary", "summary": "Summed up. "},
+        {"type": "reasoning.encrypted", "data": "gAAAA-opaque"},
+        {"type": "reasoning.text", "text": "Plain text."},
+    ]
+    result = await run(
+        [chunk(reasoning=None, reasoning_details=details), chunk(content="Yes."), DONE],
+        split=split,
+    )
+    assert_success(result, "Summed up. Plain text.", "Yes.", reason=None)
+
+
+async def test_openrouter_error_alongside_choices(run: Run, split: str) -> None:
+    failing = frame(
+        {
+            "id": "gen-1",
+            "error": {"code": 502, "message": "Provider disconnected unexpectedly"},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        }
+    )
+    result = await run([chunk(content="So far"), failing, DONE], split=split)
+    assert_failure(result, "So far", "Provider disconnected unexpectedly")
+
+
+async def test_finish_reason_error_without_message(run: Run, split: str) -> None:
+    result = await run([chunk(content="A"), chunk(finish_reason="error"), DONE], split=split)
+    assert_failure(result, "A", "reported an error")
+
+
+async def test_groq_x_groq_and_raw_think_tags(run: Run, split: str) -> None:
+    result = await run(
+        [
+            chunk(role="assistant", content="", extra={"x_groq": {"id": "req_01"}}),
+            chunk(content="<think>\nQuick sum.\n</think>"),
+            chunk(content="\n\n2 + 2 = 4"),
+            chunk(finish_reason="stop", extra={"x_groq": {"usage": {"queue_time": 0.01}}}),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "\nQuick sum.\n", "2 + 2 = 4")
+
+
+async def test_xai_usage_on_every_chunk(run: Run, split: str) -> None:
+    def usage(completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": 10, "completion_tokens": completion_tokens}
+
+    result = await run(
+        [
+            chunk(content="One", usage=usage(1)),
+            chunk(content=" two", usage=usage(2)),
+            chunk(finish_reason="stop", usage=usage(3)),
+            DONE,
+        ],
+        split=split,
+    )
+    assert_success(result, "", "One two")
+    assert result.usage == Usage(10, 3)
+
+
+async def test_anthropic_style_error_event(run: Run, split: str) -> None:
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    result = await run([chunk(content="Hi"), frame(overloaded, event="error")], split=split)
+    assert_failure(result, "Hi", "Overloaded")
+
+
+async def test_string_error_mid_stream(run: Run, split: str) -> None:
+    result = await run([chunk(content="x"), frame({"error": "model crashed"})], split=split)
+    assert_failure(result, "x", "model crashed")
+
+
+# --- framing ---
+
+
+async def test_framing_quirks(run: Run, split: str) -> None:
+    """BOM, CRLF, lone CR, no space after the colon, id/retry, multi-line data, blank lines."""
+    first = json.dumps({"choices": [{"delta": {"content": "é😀"}}]}, ensure_ascii=False)
+    second = r'{"choices": [{"delta": {"content": " \ud83d\ude00 ok"}}]}'  # a surrogate pair
+    finish = json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]}, indent=1)
+    multi_line = "".join(f"data:{line}\r" for line in finish.splitlines())
+    result = await run(
+        [
+            "\ufeffretry: 3000\r\n\r\n".encode(),
+            f"id: 1\r\ndata:{first}\r\n\r\n".encode(),
+            f"\n\ndata: {second}\rfoo: bar\r\r".encode(),
+            f"{multi_line}\r".encode(),
+            b"data:[DONE]\r\n\r\n",
+        ],
+        split=split,
+    )
+    assert_success(result, "", "é😀 😀 ok")
+
+
+async def test_no_done_after_finish_is_success(run: Run, split: str) -> None:
+    result = await run([chunk(content="Complete."), chunk(finish_reason="stop")], split=split)
+    assert_success(result, "", "Complete.")
+
+
+async def test_done_without_finish_reason_is_success(run: Run, split: str) -> None:
+    result = await run([chunk(content="Fine."), DONE], split=split)
+    assert_success(result, "", "Fine.", reason=None)
+
+
+async def test_length_keeps_the_answer(run: Run, split: str) -> None:
+    result = await run([chunk(content="Cut sho"), chunk(finish_reason="length"), DONE], split=split)
+    assert_success(result, "", "Cut sho", reason="length")
+
+
+async def test_end_without_finish_is_interrupted(run: Run, split: str) -> None:
+    result = await run([chunk(content="Half an ans"), chunk(content="wer")], split=split)
+    assert_failure(result, "Half an answer", INTERRUPTED)
+
+
+async def test_end_in_the_middle_of_an_event_is_interrupted(run: Run, split: str) -> None:
+    torn = chunk(content=" never seen", finish_reason="stop")[:-3]
+    result = await run([chunk(content="Kept"), torn], split=split)
+    assert_failure(result, "Kept", INTERRUPTED)
+
+
+async def test_dropped_connection_keeps_the_partial_answer(run: Run, split: str) -> None:
+    result = await run([chunk(content="Partial")], split=split, abort=True)
+    assert_failure(result, "Partial")
+    assert result.failure in (BROKEN, INTERRUPTED)
+
+
+@pytest.mark.parametrize("split_mode", ["whole", "random"])
+async def test_a_600_kb_line_is_fine(run: Run, split_mode: str) -> None:
+    big = "lorem ipsum " * 50_000  # 600,000 characters on one data line
+    result = await run([chunk(content=big), chunk(finish_reason="stop"), DONE], split=split_mode)
+    assert_success(result, "", big)
+
+
+async def test_a_line_over_the_cap_is_a_failure(run: Run) -> None:
+    result = await run([chunk(content="x" * (5 * 1024 * 1024))])
+    assert_failure(result, "", "longer than 4 MiB")
+
+
+# --- inline <think> tags ---
+
+
+async def test_think_tags_split_one_piece_per_chunk(run: Run, split: str) -> None:
+    pieces = [
+        "<",
+        "t",
+        "hi",
+        "n",
+        "k",
+        ">",
+        "I should ",
+        "greet",
+        ".<",
+        "/th",
+        "ink",
+        ">",
+        "\n",
+        "\n",
+        "Hi",
+        "!",
+    ]
+    result = await run(
+        [chunk(content=piece) for piece in pieces] + [chunk(finish_reason="stop"), DONE],
+        split=split,
+    )
+    assert_success(result, "I should greet.", "Hi!")
+
+
+async def test_think_without_close_is_all_reasoning(run: Run, split: str) -> None:
+    result = await run(
+        [chunk(content="  <think>Still going"), chunk(finish_reason="length"), DONE], split=split
+    )
+    assert_success(result, "Still going", "", reason="length")
+
+
+async def test_orphan_close_tag_from_a_prefilled_template(run: Run, split: str) -> None:
+    result = await run(
+        [
+            chunk(content="Okay, the user wants"),
+            chunk(content=" a joke.</th"),
+            chunk(content="ink>\n\nWhy did"),
+            chunk(content=" the chicken…"),
+            chunk(finish_reason="stop"),
+            DONE,
+        ],
+        split=split,
+        settings={"reasoning_hold": math.inf},
+    )
+    assert_success(result, "Okay, the user wants a joke.", "Why did the chicken…")
+
+
+async def test_untagged_answer_is_released_after_the_hold(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """Held text is answer ``reasoning_hold`` after it came, even while the model is slow."""
+    hold = 0.1
+    fake_upstream.reply(
+        [chunk(content="Hello"), Pause(3 * SHORT), chunk(content=" a </think> b"), DONE]
+    )
+    provider = make_provider(fake_upstream, client_session, reasoning_hold=hold)
+    stream = provider.stream("Hi")
+    loop = asyncio.get_running_loop()
+    await events_until(stream, Status(WAITING_STATUS))
+    waiting_since = loop.time()
+    first_answer = await events_until(stream, Answer)
+    assert first_answer[-1] == Answer("Hello")
+    assert loop.time() - waiting_since < hold + SHORT
+    rest = [event async for event in stream]
+    assert Answer(" a </think> b") in rest  # after the hold, a closing tag is just text
+    assert not any(isinstance(event, Reasoning) for event in rest)
+
+
+async def test_hold_zero_turns_orphan_detection_off(run: Run, split: str) -> None:
+    result = await run(
+        [chunk(content="x</think>y"), chunk(finish_reason="stop")],
+        split=split,
+        settings={"reasoning_hold": 0},
+    )
+    assert_success(result, "", "x</think>y")
+
+
+async def test_server_reasoning_turns_tag_handling_off(run: Run, split: str) -> None:
+    result = await run(
+        [chunk(reasoning_content="Why not."), chunk(content="Use <think> tags."), DONE],
+        split=split,
+    )
+    assert_success(result, "Why not.", "Use <think> tags.", reason=None)
+
+
+# --- HTTP errors ---
+
+HTML_502 = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><h1>cloudflare</h1></body></html>"
+)
+
+
+def _openai_shape(message: str) -> bytes:
+    return error_body(message, "invalid_request_error", "some_code")
+
+
+def _flat_vllm_shape(message: str) -> bytes:
+    return json.dumps(
+        {"object": "error", "message": message, "type": "BadRequestError", "code": 400}
+    ).encode()
+
+
+def _string_shape(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+BODY_SHAPES = {
+    "openai": _openai_shape,
+    "flat-vllm": _flat_vllm_shape,
+    "string": _string_shape,
+}
+STATUS_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+@pytest.mark.parametrize("shape", BODY_SHAPES)
+@pytest.mark.parametrize("status", STATUS_REASONS)
+async def test_http_error_shows_status_and_message(run: Run, status: int, shape: str) -> None:
+    message = f"Upstream says no ({status})."
+    result = await run(BODY_SHAPES[shape](message), status=status, content_type="application/json")
+    assert (
+        result.failure == f"The model server answered {status} {STATUS_REASONS[status]}: {message}"
+    )
+
+
+@pytest.mark.parametrize("status", [*STATUS_REASONS, 401, 403])
+async def test_html_error_page_is_never_shown(run: Run, status: int) -> None:
+    result = await run(HTML_502, status=status, content_type="text/html")
+    assert result.failure is not None
+    assert "<" not in result.failure
+    assert "cloudflare" not in result.failure
+    assert str(status) in result.failure
+
+
+@pytest.mark.parametrize("shape", BODY_SHAPES)
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_key_message_hides_the_upstream_text(
+    run: Run, status: int, shape: str
+) -> None:
+    echoed = f"Incorrect API key provided: {MASKED_KEY}. You can find your API key at …"
+    result = await run(BODY_SHAPES[shape](echoed), status=status, content_type="application/json")
+    assert_failure(result, "", "refused the API key", "OPENAI_API_KEY", str(status))
+    assert "Incorrect" not in result.failure
+
+
+async def test_missing_key_says_to_set_one(run: Run) -> None:
+    result = await run(
+        _openai_shape("Missing bearer"), status=401, content_type="application/json",
+        settings={"api_key": None},
+    )  # fmt: skip
+    assert_failure(result, "", "wants an API key", "Set OPENAI_API_KEY")
+
+
+@pytest.mark.parametrize(
+    ("headers", "hint"),
+    [
+        ({"Retry-After": "20"}, "Try again in 20 s."),
+        ({"retry-after-ms": "1500", "Retry-After": "20"}, "Try again in 2 s."),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, "Try again in 1 s."),
+    ],
+    ids=["seconds", "milliseconds-first", "date-in-the-past"],
+)
+async def test_retry_after_becomes_a_hint(run: Run, headers: dict[str, str], hint: str) -> None:
+    body = _openai_shape("Rate limit reached for requests. Please try again in 18.642s.")
+    result = await run(body, status=429, headers=headers, content_type="application/json")
+    assert_failure(result, "", "429 Too Many Requests", "Rate limit reached")
+    assert result.failure.endswith(hint)
+
+
+async def test_long_upstream_messages_are_cut_and_keys_redacted(run: Run) -> None:
+    message = f"Bad input from key {API_KEY} (also known as {MASKED_KEY}): " + "detail " * 100
+    result = await run(_openai_shape(message), status=400, content_type="application/json")
+    assert result.failure is not None
+    assert len(result.failure) < 400
+    assert result.failure.endswith("…")
+    assert "[redacted]" in result.failure
+
+
+async def test_plain_text_error_body_gives_just_the_status(run: Run) -> None:
+    result = await run(b"404 page not found", status=404, content_type="text/plain")
+    assert result.failure == "The model server answered 404 Not Found."
+
+
+# --- reaching the server ---
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port with a socket bound but not listening: connecting is refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+async def test_connection_refused(
+    client_session: aiohttp.ClientSession, refusing_port: int
+) -> None:
+    settings = OpenAISettings(base_url=f"http://127.0.0.1:{refusing_port}/v1", model="m")
+    result = await collect(OpenAIProvider(client_session, settings))
+    assert result.failure == (
+        f"Could not reach the model server at 127.0.0.1:{refusing_port}: Connection refused."
+    )
+
+
+async def test_unknown_host(client_session: aiohttp.ClientSession) -> None:
+    settings = OpenAISettings(base_url="http://no-such-host.invalid/v1", model="m")
+    result = await collect(OpenAIProvider(client_session, settings))
+    assert result.failure is not None
+    assert result.failure.startswith(
+        "Could not reach the model server at no-such-host.invalid:80: "
+    )
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    """A server TLS context with a throwaway self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_untrusted_certificate(
+    client_session: aiohttp.ClientSession, aiohttp_server: Any, self_signed: ssl.SSLContext
+) -> None:
+    server = await aiohttp_server(web.Application(), ssl=self_signed)
+    settings = OpenAISettings(base_url=f"https://127.0.0.1:{server.port}/v1", model="m")
+    result = await collect(OpenAIProvider(client_session, settings))
+    assert result.failure == (
+        f"Could not reach the model server at 127.0.0.1:{server.port}: "
+        "the TLS handshake failed (self-signed certificate)."
+    )
+
+
+async def test_invalid_base_url(client_session: aiohttp.ClientSession) -> None:
+    settings = OpenAISettings(base_url="ftp://127.0.0.1/v1", model="m")
+    result = await collect(OpenAIProvider(client_session, settings))
+    assert result.failure is not None
+    assert "not a valid http(s) URL" in result.failure
+
+
+# --- time limits ---
+
+
+async def test_headers_that_never_come(run: Run) -> None:
+    result = await run(
+        [chunk(content="late")], headers_delay=10, settings={"first_token_timeout": SHORT}
+    )
+    assert_failure(result, "", f"did not answer within {SHORT:g} s")
+    assert result.seconds < SHORT + 1
+
+
+async def test_first_token_timeout_ignores_comments(run: Run) -> None:
+    keep_alive = [comment(), Pause(SHORT / 4)] * 12
+    result = await run(
+        [*keep_alive, chunk(content="too late"), DONE],
+        settings={"first_token_timeout": SHORT, "idle_timeout": 2 * SHORT},
+    )
+    assert_failure(result, "", f"did not start answering within {SHORT:g} s")
+    assert SHORT <= result.seconds < 2 * SHORT
+
+
+async def test_idle_stall_ends_with_a_failure(run: Run, split: str) -> None:
+    result = await run(
+        [chunk(reasoning_content="Hmm"), chunk(content="Stal")],
+        stall=10,
+        split=split,
+        settings={"idle_timeout": SHORT},
+    )
+    assert result.reasoning == "Hmm"
+    assert_failure(result, "Stal", f"went silent for {SHORT:g} s")
+    assert result.seconds < SHORT + 1
+
+
+async def test_comments_keep_an_idle_stream_alive(run: Run) -> None:
+    keep_alive = [comment(), Pause(SHORT / 3)] * 6  # twice the idle limit, in comments
+    result = await run(
+        [chunk(content="a"), *keep_alive, chunk(content="b", finish_reason="stop"), DONE],
+        settings={"idle_timeout": SHORT},
+    )
+    assert_success(result, "", "ab")
+    assert result.seconds > 2 * SHORT * 0.9
+
+
+async def test_a_stall_after_finish_is_still_a_success(run: Run) -> None:
+    result = await run(
+        [chunk(content="Done."), chunk(finish_reason="stop")],
+        stall=10,
+        settings={"idle_timeout": SHORT},
+    )
+    assert_success(result, "", "Done.")
+
+
+# --- leaving early ---
+
+
+async def test_aclose_while_the_model_is_silent_cancels_upstream(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.reply([], stall=30)
+    stream = make_provider(fake_upstream, client_session).stream("Think hard")
+    await events_until(stream, Status(WAITING_STATUS))
+    closed_at = asyncio.get_running_loop().time()
+    await stream.aclose()
+    gone_at = await fake_upstream.wait_disconnected(CANCEL_WITHIN)
+    assert gone_at - closed_at < CANCEL_WITHIN
+
+
+async def test_aclose_while_streaming_cancels_upstream(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    fake_upstream.reply([chunk(content=f"word{i} ") for i in range(500)], delay=0.01)
+    stream = make_provider(fake_upstream, client_session, reasoning_hold=0).stream("Talk a lot")
+    await events_until(stream, Answer)
+    closed_at = asyncio.get_running_loop().time()
+    await stream.aclose()
+    gone_at = await fake_upstream.wait_disconnected(CANCEL_WITHIN)
+    assert gone_at - closed_at < CANCEL_WITHIN
+
+
+CANCEL_POINTS = {
+    "waiting-for-headers": ({"headers_delay": 30}, Status("Connecting to test-model…")),
+    "inside-a-read": ({"body": [chunk(content="Hm")], "stall": 30}, Answer("Hm")),
+}
+
+
+@pytest.mark.parametrize(("reply", "last_seen"), CANCEL_POINTS.values(), ids=CANCEL_POINTS.keys())
+async def test_cancelling_the_reading_task_cancels_upstream(
+    fake_upstream: FakeUpstream,
+    client_session: aiohttp.ClientSession,
+    reply: dict[str, Any],
+    last_seen: object,
+) -> None:
+    """The server's handler may be cancelled while the provider awaits the network."""
+    fake_upstream.reply(**reply)
+    stream = make_provider(fake_upstream, client_session, reasoning_hold=0).stream("Think hard")
+    reached = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in stream:
+            if event == last_seen:
+                reached.set()
+
+    task = asyncio.create_task(consume())
+    async with asyncio.timeout(CANCEL_WITHIN):
+        await reached.wait()
+    await fake_upstream.wait_request(CANCEL_WITHIN)
+    closed_at = asyncio.get_running_loop().time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gone_at = await fake_upstream.wait_disconnected(CANCEL_WITHIN)
+    assert gone_at - closed_at < CANCEL_WITHIN

@@ -1,0 +1,104 @@
+"""The <think> splitter, table-driven, with an explicit clock (no sleeping).
+
+Each case is a list of ``(seconds, content piece)`` and the reasoning and
+answer that must come out. The invariant behind every row: text is given out
+as reasoning or as answer, never as both, and never as answer before it is
+known not to be reasoning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from providers.events import Answer, Reasoning
+from providers.think_tags import ThinkTagSplitter
+
+HOLD = 1.0
+Piece = Reasoning | Answer
+
+
+def split(pieces: list[tuple[float, str]], hold: float = HOLD) -> list[Piece]:
+    splitter = ThinkTagSplitter(hold)
+    out: list[Piece] = []
+    for now, text in pieces:
+        out += splitter.feed(text, now)
+    return out + splitter.finish()
+
+
+def joined(out: list[Piece], kind: type[Piece]) -> str:
+    return "".join(piece.text for piece in out if isinstance(piece, kind))
+
+
+CASES = {
+    "plain-answer": ([(0, "Hello"), (0, " world")], "", "Hello world"),
+    "think-block": ([(0, "<think>Hm.</think>\n\nYes.")], "Hm.", "Yes."),
+    "white-space-before-think": ([(0, " \n <think>Hm.</think>Yes.")], "Hm.", "Yes."),
+    "open-tag-split": ([(0, "<"), (0, "th"), (0, "ink>Hm.</think>Yes.")], "Hm.", "Yes."),
+    "close-tag-split": ([(0, "<think>Hm.</"), (0, "thi"), (0, "nk>\r\nYes.")], "Hm.", "Yes."),
+    "tag-like-text-inside-reasoning": (
+        [(0, "<think>a </b> <"), (0, "c</think>d")],
+        "a </b> <c",
+        "d",
+    ),
+    "think-not-at-start-is-text": ([(0, "Say <think>"), (2, " ok")], "", "Say <think> ok"),
+    "no-close-tag-is-all-reasoning": ([(0, "<think>Never"), (5, " done")], "Never done", ""),
+    "orphan-close-tag": ([(0, "Hm, maths."), (0.5, "</think>\n\n4")], "Hm, maths.", "4"),
+    "orphan-close-tag-split": ([(0, "Hm.</th"), (0.5, "ink>4")], "Hm.", "4"),
+    "close-tag-after-the-hold-is-text": ([(0, "4"), (1.5, "</think>")], "", "4</think>"),
+    "held-text-is-answer-at-the-end": ([(0, "Just this.")], "", "Just this."),
+    "partial-open-tag-at-the-end": ([(0, "<thi")], "", "<thi"),
+    "white-space-only": ([(0, "\n")], "", "\n"),
+    "only-breaks-right-after-reasoning-are-dropped": (
+        [(0, "<think>a</think>"), (0, "\n"), (0, "\n Hi\n\n")],
+        "a",
+        " Hi\n\n",
+    ),
+}
+
+
+@pytest.mark.parametrize(("pieces", "reasoning", "answer"), CASES.values(), ids=CASES.keys())
+def test_split(pieces: list[tuple[float, str]], reasoning: str, answer: str) -> None:
+    out = split(pieces)
+    assert joined(out, Reasoning) == reasoning
+    assert joined(out, Answer) == answer
+
+
+def test_reasoning_streams_out_before_the_close_tag() -> None:
+    splitter = ThinkTagSplitter(HOLD)
+    assert splitter.feed("<think>Step one", 0) == [Reasoning("Step one")]
+    assert splitter.feed(", step two</thi", 0) == [Reasoning(", step two")]
+    assert splitter.feed("nk>Done", 0) == [Answer("Done")]
+
+
+def test_held_text_waits_for_the_hold_deadline() -> None:
+    splitter = ThinkTagSplitter(HOLD)
+    assert splitter.feed("Hello", 10.0) == []
+    assert splitter.hold_deadline == 10.0 + HOLD
+    assert splitter.poll(10.5) == []
+    assert splitter.poll(11.0) == [Answer("Hello")]
+    assert splitter.hold_deadline is None
+    assert splitter.feed(" again", 11.1) == [Answer(" again")]
+
+
+def test_hold_zero_gives_untagged_text_at_once() -> None:
+    splitter = ThinkTagSplitter(0)
+    assert splitter.feed("x</think>y", 0) == [Answer("x</think>y")]
+
+
+def test_infinite_hold_waits_for_the_close_tag() -> None:
+    out = split([(0, "Long thought"), (3600, "</think>Answer")], hold=math.inf)
+    assert out == [Reasoning("Long thought"), Answer("Answer")]
+
+
+def test_server_reasoning_turns_tags_off() -> None:
+    splitter = ThinkTagSplitter(HOLD)
+    assert splitter.server_reasoning() == []
+    assert splitter.feed("\n\n<think>literal</think>", 0) == [Answer("<think>literal</think>")]
+
+
+def test_server_reasoning_after_held_text_releases_it_as_answer() -> None:
+    splitter = ThinkTagSplitter(HOLD)
+    assert splitter.feed("Early", 0) == []
+    assert splitter.server_reasoning() == [Answer("Early")]
