@@ -61,6 +61,7 @@ import aiohttp
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from providers.demo import DemoProvider
@@ -947,12 +948,12 @@ class Relay:
 
     def fail(self, message: str) -> None:
         self.flush()
-        self.stream.append("thought", "Stopped by an error.")
+        self.stream.append("thought", "")  # the status line and the error say it all
         self.stream.append("error", escape_text(message))
 
     def finish(self, final_answer: str) -> None:
         self.flush()
-        self.stream.append("thought", "Done.")
+        self.stream.append("thought", "")  # the reasoning is kept in the final answer
         self.stream.append("final_answer", final_answer)
 
 
@@ -1211,6 +1212,30 @@ def text_filter(text: str) -> Markup:
     return Markup(escape_text(text))
 
 
+COPY_CODE_BUTTON = '<button type="button" class="copy" data-copy="code">Copy</button>'
+
+
+def make_markdown() -> MarkdownIt:
+    """The final answer's renderer: CommonMark and tables, with code blocks that
+    get a copy button. Raw HTML in the answer stays text (``html: False``) and
+    markdown-it refuses unsafe link schemes such as ``javascript:``."""
+    markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+    for rule in ("fence", "code_block"):
+        render_code = markdown.renderer.rules[rule]
+
+        def with_copy_button(_renderer, tokens, index, options, env, render_code=render_code):
+            code = render_code(tokens, index, options, env)
+            return f'<div class="code-block">{COPY_CODE_BUTTON}{code}</div>'
+
+        markdown.add_render_rule(rule, with_copy_button)
+    return markdown
+
+
+def markdown_filter(markdown: MarkdownIt) -> Callable[[str], Markup]:
+    """Jinja filter: the answer rendered once, at the end (never per token)."""
+    return lambda text: Markup(markdown.render(text))
+
+
 def make_app(config: Config, provider: Provider | None = None) -> web.Application:
     """The whole app. Tests may pass their own ``provider``; else ``config`` picks one."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard])
@@ -1224,6 +1249,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
         undefined=jinja2.StrictUndefined,
     )
     env.filters["text"] = text_filter
+    env.filters["markdown"] = markdown_filter(make_markdown())
     if provider is None:
         app.cleanup_ctx.append(provider_ctx)
     else:

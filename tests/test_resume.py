@@ -146,5 +146,5 @@ async def test_old_thoughts_are_not_kept_for_a_resume(start_app):
 
     assert [e.data for e in before] == ["First thought. ", "First thought. Second. "]
     thoughts = [e.data for e in events if e.event == "thought"]
-    assert thoughts == ["Done."]  # only the newest thought line is replayed
+    assert thoughts == [""]  # only the newest thought line (cleared at the end) is replayed
     assert answer_of(events) == "done"

@@ -117,7 +117,7 @@ async def test_stream_sends_exact_events_then_close(start_app):
         "event: thought\nid: 3\ndata: Let me think.\n\n"
         "event: answer_chunk\nid: 4\ndata: Hello\n\n"
         "event: answer_chunk\nid: 5\ndata:  &lt;b&gt;world&lt;/b&gt;\n\n"
-        "event: thought\nid: 6\ndata: Done.\n\n"
+        "event: thought\nid: 6\ndata: \n\n"
         "event: final_answer\nid: 7\n"
     )
     assert text.endswith("event: close\nid: 8\ndata: \n\n")
@@ -138,7 +138,8 @@ async def test_final_answer_replaces_its_container_and_keeps_its_id(start_app):
     final = next(event.data for event in events if event.event == "final_answer")
 
     assert final.startswith(f'<div id="{uid}-final-container"')
-    assert '<div class="answer-text">&lt;i&gt;42&lt;/i&gt;\n</div>' in final
+    assert '<pre class="answer-text answer-source" hidden>&lt;i&gt;42&lt;/i&gt;\n</pre>' in final
+    assert '<div class="answer-rendered"><p>&lt;i&gt;42&lt;/i&gt;</p>\n</div>' in final
     assert "<details" in final and "Hmm." in final  # the reasoning, folded away
     assert "2 tokens" in final
     assert "<i>" not in final
@@ -163,7 +164,7 @@ async def test_joined_chunks_unescaped_equal_the_answer_exactly(start_app, piece
 
     assert [html.unescape(chunk) for chunk in chunks] == pieces
     final = next(event.data for event in events if event.event == "final_answer")
-    shown = final.split('<div class="answer-text">', 1)[1].split("</div>", 1)[0]
+    shown = final.split('<pre class="answer-text answer-source" hidden>', 1)[1].split("</pre>")[0]
     assert html.unescape(shown) == "".join(pieces)
 
 
@@ -187,7 +188,7 @@ async def test_provider_failure_sends_error_then_close(start_app):
     _, events, _ = await read_stream(client, uid)
 
     assert [(e.event, e.data) for e in events[-3:]] == [
-        ("thought", "Stopped by an error."),
+        ("thought", ""),
         ("error", "The model server went away."),
         ("close", ""),
     ]
