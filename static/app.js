@@ -2,10 +2,21 @@
 
 // The browser's EventSource fires its own "error" event whenever a connection
 // drops, and it carries no data. Our listener for the server's `error` event
-// would swap that in as "undefined". Only events the server sent have data.
+// would pass that to htmx, whose swap then throws (a TypeError and an
+// htmx:swapError on every drop). Only events the server sent have data.
 document.addEventListener("htmx:sseBeforeMessage", (event) => {
   if (event.detail.data === undefined) {
     event.preventDefault();
+  }
+});
+
+// A stream replaced by a newer prompt: ask the server to stop it now. It cannot
+// tell that from a dropped connection, and would let the model write on for
+// the grace period, for nobody.
+document.addEventListener("htmx:sseClose", (event) => {
+  const stop = event.target.querySelector(".stop");
+  if (event.detail.type === "nodeReplaced" && stop) {
+    fetch(stop.getAttribute("hx-post"), { method: "POST" });
   }
 });
 

@@ -1,0 +1,173 @@
+"""One browser tab on the app, and everything it reported while a test used it.
+
+A `Tab` wraps a Playwright page. It keeps what a person would notice only by
+accident (console messages, uncaught errors, alert dialogs, extra requests)
+and, through ``observe.js``, what the response area showed and when. Tests
+then ask plain questions: what did the answer look like over time, was the
+stream closed, did anything go wrong in the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import ConsoleMessage, Dialog, Error, Locator, Page, Request
+
+OBSERVER_SCRIPT = Path(__file__).with_name("observe.js")
+
+# Console errors the browser logs even when the app does everything right,
+# each one explained in the htmx SSE lab note (/work/shared/notes/htmx-sse-lab.md).
+# Tests allow them by name, only where they are expected.
+#
+# Section 8: when the server refuses a prompt (422, 413) the page shows our
+# readable message, and Chromium still logs its own line about the status.
+# No page code can silence it.
+REFUSAL_STATUS_LINE = re.compile(
+    r"^Failed to load resource: the server responded with a status of (413|422)\b"
+)
+# Section 6, pitfall E: an `event: error` from the server is shown correctly,
+# but it also reaches htmx-ext-sse's EventSource `onerror`, which logs the
+# event object with console.error.
+SSE_ERROR_EVENT_LINE = re.compile(r"^\[object MessageEvent\]$")
+
+
+@dataclass
+class Tab:
+    """A page plus its records; made fresh for each test by the ``tab`` fixture."""
+
+    page: Page
+    console: list[ConsoleMessage] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for
+    offsite: list[str] = field(default_factory=list)  # refused: not the app (conftest)
+
+    def listen(self) -> None:
+        # Handlers are methods: Playwright cannot attach to built-ins like list.append.
+        self.page.on("console", self._record_console)
+        self.page.on("pageerror", self._record_page_error)
+        self.page.on("dialog", self._dismiss)
+        self.page.on("request", self._record_request)
+
+    async def _dismiss(self, dialog: Dialog) -> None:
+        # With a listener Playwright no longer dismisses dialogs itself; an open
+        # alert() would block the page, so note it and close it.
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        await dialog.dismiss()
+
+    def _record_console(self, message: ConsoleMessage) -> None:
+        self.console.append(message)
+
+    def _record_page_error(self, error: Error) -> None:
+        self.page_errors.append(str(error))
+
+    def _record_request(self, request: Request) -> None:
+        self.requests.append(request.url)
+
+    # --- what the person does ---------------------------------------------------------
+
+    async def open(self, url: str) -> None:
+        await self.page.goto(url)
+
+    async def submit(self, prompt: str) -> None:
+        """Type a prompt into the form and press Generate, as a person would."""
+        await self.page.get_by_label("Prompt").fill(prompt)
+        await self.page.get_by_role("button", name="Generate").click()
+
+    # --- what the person sees ---------------------------------------------------------
+
+    @property
+    def response(self) -> Locator:
+        return self.page.locator("#response-container")
+
+    @property
+    def answer(self) -> Locator:
+        """The answer text: the streaming div, then the final answer's text."""
+        return self.response.locator(".answer-text")
+
+    @property
+    def final(self) -> Locator:
+        return self.response.locator(".final-container.done")
+
+    @property
+    def alert(self) -> Locator:
+        """The error line of a stream, or a refusal in its place (both role=alert)."""
+        return self.response.get_by_role("alert")
+
+    async def uid(self) -> str:
+        """The uid of the stream now on the page, from its sse-connect URL."""
+        url = await self.response.locator("[sse-connect]").get_attribute("sse-connect")
+        assert url is not None
+        return url.split("uid=", 1)[1]
+
+    async def timeline(self) -> list[dict[str, Any]]:
+        """Each visible state of thought, answer and error line, in order (observe.js)."""
+        return await self.page.evaluate("window.e2e.timeline")
+
+    async def seen(self, part: str) -> list[str]:
+        """Every text ``part`` (thought, answer or error) showed, in order, no repeats."""
+        texts: list[str] = []
+        for entry in await self.timeline():
+            text = entry[part]
+            if text is not None and (not texts or texts[-1] != text):
+                texts.append(text)
+        return texts
+
+    async def sse_events(self) -> list[dict[str, Any]]:
+        """The SSE extension's open/error/close events and swap errors, in order."""
+        return await self.page.evaluate("window.e2e.sse")
+
+    async def wait_until(self, expression: str, timeout_s: float = 10.0) -> None:
+        """Poll a JavaScript expression until it is true, for at most ``timeout_s``.
+
+        Not page.wait_for_function: Playwright compiles its predicate with
+        eval() inside the page, which the app's Content-Security-Policy forbids.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not await self.page.evaluate(expression):
+            if loop.time() > deadline:
+                raise AssertionError(f"not true within {timeout_s} s: {expression}")
+            await asyncio.sleep(0.05)
+
+    async def wait_until_stream_closed(self, *, for_any_reason: bool = False) -> None:
+        """Until htmx-ext-sse closed a stream because the server sent `close`.
+
+        ``for_any_reason``: or because the stream's element left the page,
+        which is how a stream ends when something replaced the response area.
+        """
+        reason = "" if for_any_reason else " && e.type === 'message'"
+        await self.wait_until(f"window.e2e.sse.some(e => e.name === 'htmx:sseClose'{reason})")
+
+    # --- what went wrong on the way ---------------------------------------------------
+
+    def stream_requests(self) -> list[str]:
+        return [url for url in self.requests if "/response-stream" in url]
+
+    def console_errors(self, *allowed: re.Pattern[str]) -> list[str]:
+        """Console errors and warnings, except the ``allowed`` ones."""
+        return [
+            f"{message.type}: {message.text}"
+            for message in self.console
+            if message.type in ("error", "warning")
+            and not any(pattern.search(message.text) for pattern in allowed)
+        ]
+
+    def problems(self, *allowed: re.Pattern[str]) -> list[str]:
+        """Everything a quiet, healthy page would not have: for ``assert not …``."""
+        return [
+            *self.console_errors(*allowed),
+            *(f"uncaught: {error}" for error in self.page_errors),
+            *(f"dialog opened: {dialog}" for dialog in self.dialogs),
+            *(f"request left the machine: {url}" for url in self.offsite),
+        ]
+
+    async def screenshot(self, folder: Path, name: str) -> Path:
+        """Save the whole page as ``folder/name.png`` (Playwright makes the folder)."""
+        path = folder / (re.sub(r"[^\w.-]+", "_", name) + ".png")
+        await self.page.screenshot(path=path, full_page=True)
+        return path
