@@ -812,12 +812,22 @@ class Transcript:
     """What one stream has produced so far, for the final answer and the log line."""
 
     started: float = field(default_factory=time.monotonic)
-    reasoning: str = ""
-    answer: str = ""
+    # Pieces, joined when needed: `text += piece` would copy the whole text
+    # for every token, and a long answer would cost time quadratic in its length.
+    reasoning_pieces: list[str] = field(default_factory=list)
+    answer_pieces: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     reasoning_done_at: float | None = None
     usage: Usage | None = None
     finish_reason: str | None = None
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_pieces)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_pieces)
 
     def mark_token(self) -> None:
         if self.first_token_at is None:
@@ -825,13 +835,14 @@ class Transcript:
 
     def thought(self) -> str:
         """The latest part of the reasoning, cut at a space."""
-        if len(self.reasoning) <= THOUGHT_TAIL_CHARS:
-            return self.reasoning
-        tail = self.reasoning[-THOUGHT_TAIL_CHARS:]
+        reasoning = self.reasoning
+        if len(reasoning) <= THOUGHT_TAIL_CHARS:
+            return reasoning
+        tail = reasoning[-THOUGHT_TAIL_CHARS:]
         return "…" + tail[tail.find(" ") + 1 :]
 
     def reasoning_seconds(self) -> float | None:
-        if not self.reasoning or self.first_token_at is None:
+        if not self.reasoning_pieces or self.first_token_at is None:
             return None
         return (self.reasoning_done_at or time.monotonic()) - self.first_token_at
 
@@ -905,8 +916,9 @@ class Relay:
         self.thought = Throttle(config.thought_interval, self._send_thought)
 
     def _send_answer(self) -> None:
-        text = self.transcript.answer[self._answer_sent :]
-        self._answer_sent = len(self.transcript.answer)
+        pieces = self.transcript.answer_pieces
+        text = "".join(pieces[self._answer_sent :])
+        self._answer_sent = len(pieces)
         self.stream.append("answer_chunk", escape_text(text))
 
     def _send_thought(self) -> None:
@@ -921,17 +933,17 @@ class Relay:
                 self.stream.append("thought", escape_text(text))
             case Reasoning(text) if text:
                 transcript.mark_token()
-                transcript.reasoning += text
+                transcript.reasoning_pieces.append(text)
                 self.thought.poke()
             case Answer(text) if text:
                 transcript.mark_token()
                 if transcript.reasoning_done_at is None:
                     transcript.reasoning_done_at = time.monotonic()
-                    if transcript.reasoning:
+                    if transcript.reasoning_pieces:
                         self.thought.flush()  # the reasoning's last words before the answer
                     else:
                         self.stream.append("thought", WRITING)
-                transcript.answer += text
+                transcript.answer_pieces.append(text)
                 self.answer.poke()
             case Usage():
                 transcript.usage = event
