@@ -1,0 +1,102 @@
+"""What people expect of an answer box beyond the stream itself: the keyboard,
+a status line for screen readers, Stop that goes away, code you can copy, a page
+that follows the answer, and a layout that fits a phone and a dark theme."""
+
+import asyncio
+
+from playwright.async_api import expect
+
+from providers.events import Answer
+from tests.conftest import Hang, Pause, ScriptedProvider
+from tests.e2e.scripts import CHUNK_PAUSE_S, paced
+
+CODE = 'print("hello")'
+
+
+async def test_ctrl_enter_submits_and_the_status_line_speaks_twice(tab, serve_app):
+    provider = ScriptedProvider(paced([Answer("One, "), Answer("two.")], Pause(CHUNK_PAUSE_S)))
+    served = await serve_app(provider)
+    await tab.open(served.url)
+    await tab.page.get_by_label("Prompt").fill("Count to two.")
+
+    await tab.page.get_by_label("Prompt").press("Control+Enter")
+    status = tab.response.get_by_role("status")
+    await expect(status).to_have_text("Generating…")
+    await expect(tab.response.locator("[aria-busy=true]")).to_have_count(1)
+    await expect(tab.response.get_by_role("button", name="Stop")).to_be_visible()
+
+    await expect(tab.final).to_have_count(1)
+    await expect(status).to_have_text("Done.")
+    await expect(tab.response.locator("[aria-busy=true]")).to_have_count(0)
+    await expect(tab.response.get_by_role("button", name="Stop")).to_have_count(0)
+    # One live region only: the streaming text itself must not be announced per token.
+    assert await tab.response.locator("[aria-live]").count() == 1
+    assert not tab.problems()
+
+
+async def test_stop_keeps_the_partial_answer_as_the_final_one(tab, serve_app):
+    served = await serve_app(ScriptedProvider([Answer("Half of it"), Hang()]))
+    await tab.open(served.url)
+    await tab.submit("Go on forever.")
+    await expect(tab.answer).to_have_text("Half of it")
+
+    await tab.response.get_by_role("button", name="Stop").click()
+    await expect(tab.final).to_contain_text("You stopped the answer here.")
+    await expect(tab.final.locator(".answer-rendered")).to_have_text("Half of it")
+    await expect(tab.response.get_by_role("status")).to_have_text("Done.")
+
+
+async def test_code_block_copy_button_copies_the_code(tab, serve_app):
+    answer = f"Run this:\n\n```python\n{CODE}\n```\n"
+    served = await serve_app(ScriptedProvider([Answer(answer)]))
+    await tab.open(served.url)
+    await tab.submit("Show me code.")
+
+    code_block = tab.final.locator(".code-block")
+    await expect(code_block.locator("code")).to_have_text(CODE + "\n")
+    await code_block.get_by_role("button", name="Copy").click()
+    await expect(code_block.get_by_role("button")).to_have_text("Copied")
+    copied = await tab.page.evaluate("navigator.clipboard.readText()")
+    assert copied == CODE + "\n"
+
+
+async def scroll_gap(tab) -> float:
+    """How far the page's bottom is below the window's bottom, in CSS pixels."""
+    return await tab.page.evaluate(
+        "document.documentElement.scrollHeight - window.innerHeight - window.scrollY"
+    )
+
+
+async def test_page_follows_the_answer_unless_the_person_scrolled_up(tab, serve_app):
+    lines = [Answer(f"Line {n} of a long answer.\n") for n in range(60)]
+    provider = ScriptedProvider([*paced(lines, Pause(0.03)), Hang()])
+    served = await serve_app(provider, answer_window=0)
+    await tab.page.set_viewport_size({"width": 800, "height": 500})
+    await tab.open(served.url)
+    await tab.submit("A long one, please.")
+
+    await expect(tab.answer).to_contain_text("Line 20 ")
+    assert await scroll_gap(tab) < 80  # followed to the bottom
+
+    await tab.page.evaluate("window.scrollTo(0, 0)")  # the person scrolls up to read
+    await expect(tab.answer).to_contain_text("Line 50 ")
+    assert await tab.page.evaluate("window.scrollY") == 0  # left where the person is
+
+
+async def test_layout_fits_a_phone_and_follows_a_dark_theme(tab, serve_app):
+    served = await serve_app("demo")
+    await tab.page.set_viewport_size({"width": 360, "height": 740})
+    await tab.page.emulate_media(color_scheme="dark")
+    await tab.open(served.url)
+    await tab.submit("A phone in the dark.")
+    await expect(tab.final).to_have_count(1)
+
+    overflow = await tab.page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0  # nothing wider than the phone
+    background = await tab.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(part) for part in background[4:-1].split(","))
+    assert max(red, green, blue) < 64  # dark
+    await asyncio.sleep(0)
+    assert not tab.problems()
