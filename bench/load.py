@@ -1,0 +1,299 @@
+"""The benchmark's load client: asyncio and aiohttp, in the benchmark's own process.
+
+It speaks to a *relay* the way the page does (``POST /process_prompt`` for a
+uid, then ``GET /response-stream?uid=`` for the events) or, for the latency
+floor, straight to the fake *upstream* (``POST /v1/chat/completions``).
+
+Reading is kept as cheap as possible, because the client shares two cores
+with the relay it measures: each network read is stamped with
+``time.monotonic_ns()`` and cut into raw SSE blocks, and nothing else happens
+until the scenario is over. Only then are the blocks parsed, unescaped,
+checked token by token (bench/protocol.py) and turned into latencies.
+
+Every wait here is bounded: a stream that does not end in time is cut and
+counted as failed, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from bench.protocol import Directive, answer_is_exact, read_tokens
+
+BLOCK_END = b"\n\n"  # both servers under test end events with a bare LF pair
+UID_IN_SNIPPET = re.compile(r"uid=(u[0-9a-f]+)")
+CONNECT_LIMIT_S = 10.0
+NANOS = 1_000_000_000
+#: How many streams may be opening (POST, then GET up to its headers) at once
+#: while streams are being held: more would overflow the relay's accept queue
+#: (aiohttp listens with a backlog of 128) and stall on SYN retries.
+OPENING_AT_ONCE = 64
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something to send prompts to: a relay (the app, its peer) or the bare upstream."""
+
+    name: str
+    base: str
+    direct: bool = False  # True: the fake upstream itself, for the latency floor
+
+
+class Refused(Exception):
+    """The target turned the prompt down (a limit, an error page)."""
+
+
+@dataclass
+class Received:
+    """One stream as the client saw it: raw SSE blocks, each with its read's time."""
+
+    directive: Directive
+    direct: bool
+    posted_ns: int = 0
+    blocks: list[tuple[int, bytes]] = field(default_factory=list)
+    dropped_ns: int | None = None  # when the client let go on purpose
+    failure: str | None = None  # what went wrong on the client's side
+
+    def events(self) -> list[tuple[int, str, str]]:
+        """(read time, event name, data) of every dispatched event, in order."""
+        events = []
+        for received_ns, block in self.blocks:
+            name, data = "message", []
+            for line in block.decode().split("\n"):
+                field_name, _, value = line.partition(":")
+                if field_name == "data":
+                    data.append(value.removeprefix(" "))
+                elif field_name == "event":
+                    name = value.removeprefix(" ")
+            if data:  # a block without data (retry:, a comment) dispatches nothing
+                events.append((received_ns, name, "\n".join(data)))
+        return events
+
+    def chunks(self) -> list[tuple[int, str]]:
+        """(read time, answer text) of every piece of the answer, unescaped."""
+        if self.direct:
+            return [(ns, text) for ns, name, data in self.events() if (text := _content(data))]
+        return [
+            (ns, html.unescape(data)) for ns, name, data in self.events() if name == "answer_chunk"
+        ]
+
+    def ended(self) -> bool:
+        """The stream said it was over: ``close`` from a relay, ``[DONE]`` from upstream."""
+        events = self.events()
+        if self.direct:
+            return bool(events) and events[-1][2] == "[DONE]"
+        return bool(events) and events[-1][1] == "close"
+
+    def errors(self) -> list[str]:
+        return [data for _, name, data in self.events() if name == "error"]
+
+    def exact(self, whole: bool = True) -> bool:
+        """The answer is exact: every token once, in order (``whole``: all of them)."""
+        answer = "".join(text for _, text in self.chunks())
+        return answer_is_exact(answer, self.directive.tokens if whole else None)
+
+    def latencies_ns(self, since_ns: int = 0, until_ns: int | None = None) -> list[int]:
+        """Relay latency of each stamped token read between the two times."""
+        until_ns = until_ns if until_ns is not None else 2**63
+        return [
+            received_ns - stamp
+            for received_ns, text in self.chunks()
+            if since_ns <= received_ns <= until_ns
+            for _, stamp in read_tokens(text)
+            if stamp is not None
+        ]
+
+    def first_event_ns(self) -> int | None:
+        """From sending the prompt to the first event (a relay's first thought)."""
+        events = self.events()
+        return events[0][0] - self.posted_ns if events else None
+
+    def ok(self) -> bool:
+        return self.failure is None and not self.errors() and self.ended() and self.exact()
+
+
+def _content(data: str) -> str:
+    if data == "[DONE]":
+        return ""
+    choices = json.loads(data).get("choices") or [{}]
+    return choices[0].get("delta", {}).get("content") or ""
+
+
+def new_session() -> aiohttp.ClientSession:
+    """One pool of keep-alive connections, unlimited (a held stream holds one)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_LIMIT_S),
+    )
+
+
+async def open_stream(
+    session: aiohttp.ClientSession, target: Target, received: Received
+) -> aiohttp.ClientResponse:
+    """Send the prompt and open its event stream; the response's headers have arrived."""
+    prompt = received.directive.prompt()
+    received.posted_ns = time.monotonic_ns()
+    if target.direct:
+        body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": prompt}]}
+        return await session.post(f"{target.base}/v1/chat/completions", json=body)
+    async with session.post(f"{target.base}/process_prompt", data={"prompt": prompt}) as posted:
+        snippet = await posted.text()
+        if posted.status != 200 or not (found := UID_IN_SNIPPET.search(snippet)):
+            raise Refused(f"{posted.status}: {snippet[:120]}")
+    return await session.get(f"{target.base}/response-stream", params={"uid": found.group(1)})
+
+
+async def read_blocks(response: aiohttp.ClientResponse, received: Received) -> None:
+    """Keep the raw blocks of a stream, each with the time of the read it came in."""
+    pending = b""
+    async for data in response.content.iter_any():
+        now = time.monotonic_ns()
+        pending += data
+        if BLOCK_END in pending:
+            *blocks, pending = pending.split(BLOCK_END)
+            received.blocks += [(now, block) for block in blocks]
+
+
+async def run_stream(
+    session: aiohttp.ClientSession,
+    target: Target,
+    directive: Directive,
+    limit_s: float,
+    start_after_s: float = 0.0,
+) -> Received:
+    """One whole stream, from the prompt to the end of the response."""
+    await asyncio.sleep(start_after_s)
+    received = Received(directive, target.direct)
+    try:
+        async with asyncio.timeout(limit_s):
+            response = await open_stream(session, target, received)
+            async with response:
+                await read_blocks(response, received)
+    except TimeoutError:
+        received.failure = f"no end after {limit_s:g} s"
+    except (aiohttp.ClientError, OSError, Refused) as problem:
+        received.failure = f"{type(problem).__name__}: {problem}"
+    return received
+
+
+async def run_many(
+    target: Target, directives: Sequence[Directive], limit_s: float, spread_s: float = 0.0
+) -> tuple[list[Received], float]:
+    """All the streams, each to its end; what arrived, and the seconds it took.
+
+    ``spread_s``: the starts are spread evenly over that many seconds, as
+    people who do not all press Enter in the same millisecond.
+    """
+    step = spread_s / max(1, len(directives))
+    async with new_session() as session:
+        started = time.perf_counter()
+        received = await asyncio.gather(
+            *(
+                run_stream(session, target, directive, limit_s, n * step)
+                for n, directive in enumerate(directives)
+            )
+        )
+        return list(received), time.perf_counter() - started
+
+
+async def round_trips(
+    target: Target, workers: int, seconds: float, directive: Directive, limit_s: float
+) -> tuple[int, int]:
+    """``workers`` loops of prompt → stream → close for ``seconds``; (exact, failed) counts."""
+    counts = {"exact": 0, "failed": 0}
+    deadline = time.monotonic() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < deadline:
+            received = await run_stream(session, target, directive, limit_s)
+            counts["exact" if received.ok() else "failed"] += 1
+
+    async with new_session() as session:
+        await asyncio.gather(*(worker(session) for _ in range(workers)))
+    return counts["exact"], counts["failed"]
+
+
+class HeldStreams:
+    """Many streams opened and kept open until ``drop_all``, as browsers that stay.
+
+    Opening is paced (``OPENING_AT_ONCE``) and bounded by ``open_limit_s`` per
+    stream; a stream that cannot be opened in time is counted, not retried.
+    """
+
+    def __init__(self, target: Target, open_limit_s: float) -> None:
+        self.target = target
+        self.open_limit_s = open_limit_s
+        self.streams: list[Received] = []
+        # Each open stream's response, what it received, and the task reading it.
+        self._open: list[tuple[aiohttp.ClientResponse, Received, asyncio.Task[None]]] = []
+        self._opening = asyncio.Semaphore(OPENING_AT_ONCE)
+        self._session = new_session()
+
+    async def open(self, directives: Sequence[Directive], deadline: float) -> None:
+        """Open every stream (until ``deadline`` on the monotonic clock); don't wait for ends."""
+        await asyncio.gather(*(self._open_one(d, deadline) for d in directives))
+
+    async def _open_one(self, directive: Directive, deadline: float) -> None:
+        received = Received(directive, self.target.direct)
+        self.streams.append(received)
+        async with self._opening:
+            patience = min(self.open_limit_s, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(max(0.0, patience)):
+                    response = await open_stream(self._session, self.target, received)
+            except TimeoutError:
+                received.failure = "not opened in time"
+                return
+            except (aiohttp.ClientError, OSError, Refused) as problem:
+                received.failure = f"{type(problem).__name__}: {problem}"
+                return
+        reader = asyncio.create_task(self._read(response, received))
+        self._open.append((response, received, reader))
+
+    async def _read(self, response: aiohttp.ClientResponse, received: Received) -> None:
+        try:
+            await read_blocks(response, received)
+        except (aiohttp.ClientError, OSError) as problem:
+            if received.dropped_ns is None:
+                received.failure = f"{type(problem).__name__}: {problem}"
+
+    def with_token_since(self, since_ns: int) -> list[Received]:
+        """The streams still alive that got answer text after ``since_ns``."""
+        return [
+            stream
+            for stream in self.streams
+            if stream.failure is None
+            and stream.blocks
+            and stream.blocks[-1][0] >= since_ns
+            and not stream.errors()
+            and any(ns >= since_ns for ns, _ in stream.chunks())
+        ]
+
+    async def drop_all(self) -> None:
+        """Every client leaves at once: each connection is closed, its time noted."""
+        for response, received, _ in self._open:
+            received.dropped_ns = time.monotonic_ns()
+            response.close()
+        readers = [reader for _, _, reader in self._open]
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await self._session.close()
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], limit_s: float, poll_s: float) -> bool:
+    """Poll ``check`` until it is true or ``limit_s`` has passed; whether it became true."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(poll_s)
+    return await check()

@@ -1,0 +1,88 @@
+"""What the benchmark's fake model server and its load client agree on.
+
+The prompt is the control channel. The client writes a *directive* as the
+prompt; the relay under test passes it on unchanged as the user message; the
+fake upstream (bench/upstream.py) reads it and streams what it asks for::
+
+    bench id=s2-17 tokens=200 delay=0.02 stamp=1
+
+- ``id``: names the request, so the upstream can say when *this* one was let go;
+- ``tokens``: how many answer tokens to send;
+- ``delay``: seconds between two tokens (0 = as fast as it can write);
+- ``stamp``: 1 to embed each token's send time, for relay latency.
+
+Token ``i`` is the text ``" {i}"``, then ``"@{send_ns}"`` when stamped (the
+upstream's ``time.monotonic_ns()`` just before the write: CLOCK_MONOTONIC is one
+clock for every process on a Linux machine, so the client can subtract it from
+its own receive time), then every ``MARKUP_EVERY``-th token ``MARKUP``: text that
+must be HTML-escaped, so the relay's escaping is exercised and checked.
+
+Because every token carries its index, the client can check an answer exactly:
+the joined, unescaped ``answer_chunk`` texts must be tokens 0, 1, 2, … in order,
+each written exactly as the upstream wrote it, and nothing else. A lost token, a
+repeated one or a stray byte all fail that check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DIRECTIVE_WORD = "bench"
+#: HTML-special characters (and none that JSON must escape, so the upstream can
+#: write a token into its JSON template as it is).
+MARKUP = " <i>&'"
+MARKUP_EVERY = 8
+
+_TOKEN = re.compile(r" (\d+)(?:@(\d+))?")
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One request's orders to the fake upstream."""
+
+    id: str = "-"
+    tokens: int = 10
+    delay: float = 0.0
+    stamp: bool = False
+
+    def prompt(self) -> str:
+        return (
+            f"{DIRECTIVE_WORD} id={self.id} tokens={self.tokens} "
+            f"delay={self.delay:g} stamp={int(self.stamp)}"
+        )
+
+    @classmethod
+    def parse(cls, prompt: str) -> Directive:
+        """The directive in a prompt; unknown words are ignored, missing ones default."""
+        fields = dict(word.partition("=")[::2] for word in prompt.split() if "=" in word)
+        return cls(
+            id=fields.get("id", cls.id),
+            tokens=int(fields.get("tokens", cls.tokens)),
+            delay=float(fields.get("delay", cls.delay)),
+            stamp=fields.get("stamp", "0") == "1",
+        )
+
+
+def token_text(index: int, sent_ns: int | None = None) -> str:
+    """Token ``index`` exactly as the upstream writes it (see the module docstring)."""
+    text = f" {index}" if sent_ns is None else f" {index}@{sent_ns}"
+    if index % MARKUP_EVERY == MARKUP_EVERY - 1:
+        text += MARKUP
+    return text
+
+
+def read_tokens(answer: str) -> list[tuple[int, int | None]]:
+    """The (index, send time or None) of every token in ``answer``, in order."""
+    return [(int(index), int(stamp) if stamp else None) for index, stamp in _TOKEN.findall(answer)]
+
+
+def answer_is_exact(answer: str, count: int | None) -> bool:
+    """True if ``answer`` is tokens 0…count-1 (or any whole prefix when count is None),
+    each exactly once, in order, with nothing else in between."""
+    tokens = read_tokens(answer)
+    if count is not None and len(tokens) != count:
+        return False
+    if [index for index, _ in tokens] != list(range(len(tokens))):
+        return False
+    return "".join(token_text(index, stamp) for index, stamp in tokens) == answer

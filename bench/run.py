@@ -1,0 +1,332 @@
+"""The relay benchmark: one command, every process on 127.0.0.1, one table.
+
+    python bench/run.py            # the full run, about 4 minutes
+    python bench/run.py --quick    # a smaller run, under a minute
+    python bench/run.py --json out.json   # also keep every figure of every run
+    python bench/run.py --logs DIR        # and keep the servers' logs
+
+It starts, each in its own process: the fake OpenAI-compatible model server
+(bench/upstream.py), the app (``server.py --provider openai``) with its limits
+raised, the same app with ``--answer-window 0``, and a minimal FastAPI +
+sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
+(bench/load.py) runs in this process. The scenarios (bench/scenarios.py):
+
+- S1 throughput: 50 prompts at once, 500 tokens each, no delay; tokens/s and
+  the relay's CPU time per token (utime + stime from /proc).
+- S2 latency: 100 prompts at once (started over 1 s), 200 tokens 20 ms apart; upstream send →
+  client read per token, p50/p99, and the time to the first event; with
+  coalescing off, with the default window, and straight from the upstream
+  (the floor: what the machine and the client cost without any relay).
+- S3 held streams: thousands of streams at one token a second, held open;
+  how many stay alive, memory per stream, latency (a fresh app each size).
+- S4 prompt round trips: POST + GET + one token + close, 20 loops at once.
+- Upstream release: many streams, then every client leaves at once; how
+  long until the upstream sees each request closed (grace period 0).
+- Browser: swaps per second on the real page for a 1,000 tokens/s model.
+
+S1, S2, S4 and release run ``runs`` times, the targets taking turns within
+each run (so a slow moment of the machine hits all of them), and the table
+shows the medians. Every answer read is checked token by token.
+
+Everything stops by itself: each scenario is bounded, the whole run has a
+time limit, and the servers die with this process (bench/procs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import browser, scenarios, table  # noqa: E402
+from bench.load import Target, run_many  # noqa: E402
+from bench.procs import OtherLoad, Process, free_port, raise_open_file_limit  # noqa: E402
+from bench.protocol import Directive  # noqa: E402
+
+#: The app with every limit out of the way: the benchmark is one client IP
+#: sending thousands of prompts a minute. Grace 0: a stream whose browser
+#: left is let go at once (the upstream-release figure). Reasoning hold 0:
+#: the fake model's answers are untagged, and the default hold would keep
+#: the first second of every answer back in case a </think> follows.
+APP_FLAGS = [
+    "--provider", "openai", "--model", "bench",
+    "--max-streams", "1000000", "--max-streams-per-client", "1000000",
+    "--prompts-per-minute", "1000000000", "--max-pending", "1000000",
+    "--grace-period", "0", "--reasoning-hold", "0",
+]  # fmt: skip
+DEFAULT_WINDOW = None  # the app's own --answer-window default
+WARM_UP_STREAMS = 20  # first requests compile templates, fill caches: not measured
+WARM_UP_TOKENS = 20
+BROWSER_TOKENS_PER_S = 1000
+#: S2's prompts start over this many seconds, not all in one millisecond.
+S2_SPREAD_S = 1.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each scenario is, and how often it runs."""
+
+    runs: int
+    s1_streams: int
+    s1_tokens: int
+    s2_streams: int
+    s2_tokens: int
+    s2_delay: float
+    s3_sizes: tuple[int, ...]
+    s3_ramp_s: float  # opening the held streams may take this long, at most
+    s3_hold_s: float
+    s4_workers: int
+    s4_seconds: float
+    release_sizes: tuple[int, ...]
+    release_delay: float
+    browser_seconds: float
+    limit_s: float  # the whole run, at most
+
+
+FULL = Plan(
+    runs=3,
+    s1_streams=50,
+    s1_tokens=500,
+    s2_streams=100,
+    s2_tokens=200,
+    s2_delay=0.02,
+    s3_sizes=(5000, 10000),
+    s3_ramp_s=40.0,
+    s3_hold_s=5.0,
+    s4_workers=20,
+    s4_seconds=3.0,
+    release_sizes=(100, 1000),
+    release_delay=0.5,
+    browser_seconds=3.0,
+    limit_s=420.0,
+)
+#: The same scenarios, smaller and once each: under a minute.
+QUICK = replace(
+    FULL,
+    runs=1,
+    s2_tokens=100,
+    s3_sizes=(2000,),
+    s3_ramp_s=15.0,
+    s3_hold_s=2.0,
+    s4_seconds=2.0,
+    browser_seconds=2.0,
+    limit_s=120.0,
+)
+
+
+class Servers:
+    """The processes of one benchmark run, stopped together."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: list[Process] = []
+        self.upstream = self._start("upstream", ["-m", "bench.upstream"])
+        self.upstream_target = Target("floor", self.upstream.base, direct=True)
+
+    def _start(self, name: str, args: list[str], path: str = "/healthz") -> Process:
+        port = free_port()
+        process = Process(name, [*args, "--port", str(port)], port, self.log_dir)
+        self.running.append(process)
+        process.wait_ready(path)
+        return process
+
+    def app(self, name: str, window: float | None = DEFAULT_WINDOW) -> Process:
+        window_flags = [] if window is None else ["--answer-window", str(window)]
+        base_url = ["--base-url", f"{self.upstream.base}/v1"]
+        return self._start(name, ["server.py", *APP_FLAGS, *base_url, *window_flags])
+
+    def peer(self) -> Process:
+        return self._start(
+            "peer", ["-m", "bench.peer_fastapi", "--base-url", f"{self.upstream.base}/v1"]
+        )
+
+    def stop(self, process: Process) -> None:
+        process.stop()
+        self.running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.running):
+            process.stop()
+        self.running.clear()
+
+
+def target(process: Process) -> Target:
+    return Target(process.name, process.base)
+
+
+async def warm_up(process: Process) -> None:
+    orders = [Directive(id="warm", tokens=WARM_UP_TOKENS) for _ in range(WARM_UP_STREAMS)]
+    await run_many(target(process), orders, scenarios.STREAM_LIMIT_S)
+
+
+async def interleaved(
+    runs: int, names: Sequence[str], scenario: Callable[[str], Awaitable[dict]]
+) -> dict[str, list[dict]]:
+    """Run ``scenario`` for each name, ``runs`` times, taking turns; every run's figures."""
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(runs):
+        for name in names:
+            results[name].append(await scenario(name))
+    return results
+
+
+def median(runs: list[dict]) -> dict:
+    """The median of each figure over the runs; answers checked and exact, summed."""
+    merged: dict = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs]
+        if key in ("checked", "exact"):
+            merged[key] = sum(values)
+        elif isinstance(value, int | float) and None not in values:
+            merged[key] = statistics.median(values)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Bench:
+    """One benchmark run: its servers, its figures, and how busy the machine was."""
+
+    def __init__(self, plan: Plan, servers: Servers) -> None:
+        self.plan = plan
+        self.servers = servers
+        self.figures: dict = {"plan": asdict(plan), "other_load": {}}
+        self.processes: dict[str, Process] = {}
+        self.targets: dict[str, Target] = {"floor": servers.upstream_target}
+        self._started = time.monotonic()
+
+    async def run(self) -> dict:
+        await self.start_relays()
+        await self.section("s1", ["app", "app-w0", "peer"], self.s1)
+        await self.section("s2", ["floor", "app-w0", "app", "peer"], self.s2)
+        await self.section("s4", ["floor", "app", "peer"], self.s4)
+        for size in self.plan.release_sizes:
+            await self.section(f"release-{size}", ["floor", "app", "peer"], self.release(size))
+        await self.browser()
+        for process in self.processes.values():
+            self.servers.stop(process)
+        for size in self.plan.s3_sizes:
+            await self.s3(size)
+        return self.figures
+
+    async def start_relays(self) -> None:
+        self.processes = {
+            "app": self.servers.app("app"),
+            "app-w0": self.servers.app("app-w0", window=0),
+            "peer": self.servers.peer(),
+        }
+        for name, process in self.processes.items():
+            self.targets[name] = target(process)
+            await warm_up(process)
+
+    async def section(
+        self, key: str, names: Sequence[str], scenario: Callable[[str], Awaitable[dict]]
+    ) -> None:
+        """Run a scenario on each target, interleaved; keep every run and the medians."""
+        self.progress(key)
+        load = OtherLoad()
+        runs = await interleaved(self.plan.runs, names, scenario)
+        self.figures["other_load"][key] = load.share()
+        self.figures[key] = {name: median(results) for name, results in runs.items()}
+        self.figures[key + "-runs"] = runs
+
+    async def s1(self, name: str) -> dict:
+        plan = self.plan
+        process = self.processes[name]
+        return await scenarios.throughput(
+            self.targets[name], process, plan.s1_streams, plan.s1_tokens
+        )
+
+    async def s2(self, name: str) -> dict:
+        plan = self.plan
+        return await scenarios.latency(
+            self.targets[name], plan.s2_streams, plan.s2_tokens, plan.s2_delay, S2_SPREAD_S
+        )
+
+    async def s4(self, name: str) -> dict:
+        plan = self.plan
+        return await scenarios.prompt_round_trips(
+            self.targets[name], plan.s4_workers, plan.s4_seconds
+        )
+
+    def release(self, size: int) -> Callable[[str], Awaitable[dict]]:
+        async def scenario(name: str) -> dict:
+            return await scenarios.release(
+                self.targets[name], size, self.plan.release_delay, self.servers.upstream_target
+            )
+
+        return scenario
+
+    async def browser(self) -> None:
+        self.progress("browser")
+        apps = {name: self.processes[name].base for name in ("app", "app-w0")}
+        pages = await browser.swap_rates(apps, BROWSER_TOKENS_PER_S, self.plan.browser_seconds)
+        self.figures["other_load"]["browser"] = pages.pop("other_load")
+        self.figures["browser"] = {"tokens_per_s": BROWSER_TOKENS_PER_S, **pages}
+
+    async def s3(self, size: int) -> None:
+        """Held streams, on a fresh app: its memory before is the app's alone."""
+        key = f"s3-{size}"
+        self.progress(key)
+        fresh = self.servers.app(f"app-{key}")
+        try:
+            await warm_up(fresh)
+            load = OtherLoad()
+            plan = self.plan
+            self.figures[key] = await scenarios.hold(
+                target(fresh), fresh, size, plan.s3_hold_s, plan.s3_ramp_s, self.servers.upstream
+            )
+            self.figures["other_load"][key] = load.share()
+        finally:
+            self.servers.stop(fresh)
+
+    def progress(self, key: str) -> None:
+        print(f"{time.monotonic() - self._started:6.1f} s  {key}", file=sys.stderr, flush=True)
+
+
+async def bench(plan: Plan, log_dir: Path) -> dict:
+    servers = Servers(log_dir)
+    try:
+        return await Bench(plan, servers).run()
+    finally:
+        servers.stop_all()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--json", type=Path, help="also write every figure of every run here")
+    parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    raise_open_file_limit()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as scratch:
+        log_dir = args.logs or Path(scratch)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        figures = asyncio.run(asyncio.wait_for(bench(plan, log_dir), plan.limit_s))
+    figures["seconds"] = time.monotonic() - started
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    print(table.render(table.rows(figures)))
+    exact, checked = table.answers_checked(figures)
+    print(
+        f"\n{'quick' if args.quick else 'full'} run: {plan.runs} run(s) per figure (median), "
+        f"{figures['seconds']:.0f} s; {exact:,} of {checked:,} answers exact. "
+        "busy else: the share of the machine's cores that other processes used meanwhile."
+    )
+    return 0 if exact == checked else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The benchmark's one table, made from the figures of a run (bench/run.py).
+
+Each row is one figure: the app's value, the FastAPI peer's where it ran
+the same scenario, their ratio, the lead's target and whether the app met
+it, how many answers were checked and found exact, and how busy the machine
+was with other work meanwhile ("busy else"; see bench/procs.py). The rows
+read the figures by the keys that bench/scenarios.py gives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+
+NOT_MEASURED = "-"
+# The lead's targets for the app.
+THROUGHPUT_TIMES_PEER = 2.0
+CPU_US_PER_TOKEN = 20.0
+LATENCY_OVER_FLOOR_MS = 2.0
+KB_PER_STREAM = 25.0
+HELD_P99_MS = 50.0
+ROUND_TRIPS_TIMES_PEER = 5.0
+RELEASE_P99_MS = 100.0
+
+
+@dataclass
+class Row:
+    figure: str
+    app: str = ""
+    peer: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: str = ""
+    exact: str = ""
+    busy_else: str = ""
+
+
+HEADINGS = Row("figure", "app", "FastAPI peer", "app/peer", "target", "met", "exact", "busy else")
+
+
+def number(value: float | None, unit: str = "", digits: int = 0) -> str:
+    return NOT_MEASURED if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def pair(first: float | None, second: float | None, unit: str = " ms") -> str:
+    """Two figures of one kind, as "p50 / p99" shows them."""
+    return f"{number(first, '', 1)} / {number(second, unit, 1)}"
+
+
+def percent(share: float | None) -> str:
+    return NOT_MEASURED if share is None else f"{share:.0%}"
+
+
+def ratio(app: float | None, peer: float | None) -> float | None:
+    return app / peer if app is not None and peer else None
+
+
+def met(value: float | None, limit: float, at_least: bool = False) -> str:
+    """Whether ``value`` meets the target: at most ``limit``, or at least it."""
+    if value is None:
+        return NOT_MEASURED
+    ok = value >= limit if at_least else value <= limit
+    return "yes" if ok else "NO"
+
+
+def exact(*figures: dict) -> str:
+    exact_answers = sum(figure.get("exact", 0) for figure in figures)
+    return f"{exact_answers:,}/{sum(figure.get('checked', 0) for figure in figures):,}"
+
+
+def versus_peer(figure: str, app: dict, peer: dict, key: str, times: float, busy: str) -> Row:
+    """A rate of the app and of the peer, where the target is ``times`` the peer's."""
+    measured = ratio(app[key], peer[key])
+    return Row(
+        figure,
+        number(app[key]),
+        number(peer[key]),
+        number(measured, "x", 1),
+        f">= {times:g}x peer",
+        met(measured, times, at_least=True),
+        exact(app, peer),
+        busy,
+    )
+
+
+def throughput_rows(figures: dict, busy: str) -> list[Row]:
+    plan, s1 = figures["plan"], figures["s1"]
+    app, no_window, peer = s1["app"], s1["app-w0"], s1["peer"]
+    shape = f"{plan['s1_streams']} x {plan['s1_tokens']}"
+    return [
+        versus_peer(
+            f"S1 tokens/s ({shape}, no delay)",
+            app,
+            peer,
+            "tokens_per_s",
+            THROUGHPUT_TIMES_PEER,
+            busy,
+        ),
+        Row(
+            "S1 relay CPU per token",
+            number(app["cpu_us_per_token"], " us", 1),
+            number(peer["cpu_us_per_token"], " us", 1),
+            target=f"<= {CPU_US_PER_TOKEN:g} us",
+            met=met(app["cpu_us_per_token"], CPU_US_PER_TOKEN),
+            busy_else=busy,
+        ),
+        Row(
+            "S1 app --answer-window 0: tokens/s; CPU/token",
+            f"{number(no_window['tokens_per_s'])}; "
+            f"{number(no_window['cpu_us_per_token'], ' us', 1)}",
+            exact=exact(no_window),
+            busy_else=busy,
+        ),
+    ]
+
+
+def latency_rows(figures: dict, busy: str) -> list[Row]:
+    plan, s2 = figures["plan"], figures["s2"]
+    floor, app, no_window, peer = s2["floor"], s2["app"], s2["app-w0"], s2["peer"]
+    limit = None if floor["p99_ms"] is None else floor["p99_ms"] + LATENCY_OVER_FLOOR_MS
+    shape = f"{plan['s2_streams']} x {plan['s2_tokens']} @ {plan['s2_delay'] * 1000:g} ms"
+    return [
+        Row(
+            f"S2 floor, no relay: p50 / p99 ({shape})",
+            pair(floor["p50_ms"], floor["p99_ms"]),
+            target="upstream -> client",
+            exact=exact(floor),
+            busy_else=busy,
+        ),
+        Row(
+            "S2 relay latency p50 / p99, window 0",
+            pair(no_window["p50_ms"], no_window["p99_ms"]),
+            pair(peer["p50_ms"], peer["p99_ms"]),
+            target=f"p99 <= {number(limit, ' ms', 1)}",
+            met=NOT_MEASURED if limit is None else met(no_window["p99_ms"], limit),
+            exact=exact(no_window, peer),
+            busy_else=busy,
+        ),
+        Row(
+            "S2 relay latency p50 / p99, default window",
+            pair(app["p50_ms"], app["p99_ms"]),
+            exact=exact(app),
+            busy_else=busy,
+        ),
+        Row(
+            "S2 first event p99: window 0 / default",
+            pair(no_window["first_event_p99_ms"], app["first_event_p99_ms"]),
+            number(peer["first_event_p99_ms"], " ms", 1),
+            busy_else=busy,
+        ),
+    ]
+
+
+def held_rows(s3: dict, busy: str) -> list[Row]:
+    size = s3["streams"]
+    return [
+        Row(
+            f"S3 streams held of {size:,} (1 token/s each)",
+            number(s3["held"]),
+            target=f"{size:,}",
+            met=met(s3["held"], size, at_least=True),
+            exact=exact(s3),
+            busy_else=busy,
+        ),
+        Row(
+            f"S3 memory per stream at {size:,}",
+            number(s3["kb_per_stream"], " KB", 1),
+            target=f"<= {KB_PER_STREAM:g} KB",
+            met=met(s3["kb_per_stream"], KB_PER_STREAM),
+            busy_else=busy,
+        ),
+        Row(
+            f"S3 latency p50 / p99 at {size:,}",
+            pair(s3["p50_ms"], s3["p99_ms"]),
+            target=f"p99 < {HELD_P99_MS:g} ms",
+            met=met(s3["p99_ms"], HELD_P99_MS),
+            busy_else=busy,
+        ),
+        Row(
+            f"S3 CPU while holding {size:,}: app; upstream + client",
+            f"{percent(s3['cpu_share'])}; "
+            f"{percent(s3['upstream_cpu_share'] + s3['client_cpu_share'])} of a core",
+            busy_else=busy,
+        ),
+        Row(
+            f"S3 opened in {s3['opening_s']:.0f} s; released p99 after",
+            f"{number(s3['opened'])}; {number(s3['release_p99_ms'], ' ms')}",
+            busy_else=busy,
+        ),
+    ]
+
+
+def round_trip_rows(figures: dict, busy: str) -> list[Row]:
+    plan, s4 = figures["plan"], figures["s4"]
+    figure = f"S4 prompt round trips/s ({plan['s4_workers']} at once)"
+    key = "round_trips_per_s"
+    return [
+        versus_peer(figure, s4["app"], s4["peer"], key, ROUND_TRIPS_TIMES_PEER, busy),
+        Row(
+            "  floor: one request straight to the upstream",
+            number(s4["floor"][key]),
+            exact=exact(s4["floor"]),
+            busy_else=busy,
+        ),
+    ]
+
+
+def release_rows(freed: dict, size: int, busy: str) -> list[Row]:
+    floor, app, peer = freed["floor"], freed["app"], freed["peer"]
+    never = app["missing"]
+    return [
+        Row(
+            f"upstream released p50 / p99 at {size:,} ({never} never)",
+            pair(app["p50_ms"], app["p99_ms"]),
+            pair(peer["p50_ms"], peer["p99_ms"]),
+            target=f"p99 <= {RELEASE_P99_MS:g} ms",
+            met="NO" if never else met(app["p99_ms"], RELEASE_P99_MS),
+            exact=exact(app, peer),
+            busy_else=busy,
+        ),
+        Row(
+            f"  floor: client -> upstream, no relay, {size:,}",
+            pair(floor["p50_ms"], floor["p99_ms"]),
+            busy_else=busy,
+        ),
+    ]
+
+
+def browser_rows(pages: dict, busy: str) -> list[Row]:
+    rate = f"{pages['tokens_per_s']:,} tokens/s"
+    rows = []
+    for name, label in (("app", "default window"), ("app-w0", "window 0")):
+        page = pages[name]
+        rows.append(
+            Row(
+                f"browser: swaps/s, main thread busy; {rate}, {label}",
+                f"{number(page['swaps_per_s'])}; {percent(page['busy_share'])}",
+                exact=exact(page),
+                busy_else=busy,
+            )
+        )
+    return rows
+
+
+def rows(figures: dict) -> list[Row]:
+    """Every row of the table, in the scenarios' order."""
+    plan = figures["plan"]
+    busy = {key: percent(share) for key, share in figures["other_load"].items()}
+    table = throughput_rows(figures, busy["s1"]) + latency_rows(figures, busy["s2"])
+    for size in plan["s3_sizes"]:
+        table += held_rows(figures[f"s3-{size}"], busy[f"s3-{size}"])
+    table += round_trip_rows(figures, busy["s4"])
+    for size in plan["release_sizes"]:
+        table += release_rows(figures[f"release-{size}"], size, busy[f"release-{size}"])
+    return table + browser_rows(figures["browser"], busy["browser"])
+
+
+def render(table: list[Row]) -> str:
+    """The rows as aligned text columns, headings first."""
+    cells = [astuple(row) for row in [HEADINGS, *table]]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(fields(Row)))]
+    lines = [
+        " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def answers_checked(figures: dict) -> tuple[int, int]:
+    """(exact, checked) answers over the whole run."""
+    found = []
+    for key, value in figures.items():
+        if key.endswith("-runs") or not isinstance(value, dict):
+            continue
+        if "checked" in value:
+            found.append(value)
+        found += [
+            inner for inner in value.values() if isinstance(inner, dict) and "checked" in inner
+        ]
+    return sum(f["exact"] for f in found), sum(f["checked"] for f in found)
