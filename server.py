@@ -632,6 +632,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 PROVIDER = web.AppKey("provider", Provider)
 VENDOR = web.AppKey("vendor", dict)
+SECURITY_HEADERS = web.AppKey("security_headers", dict)
 
 
 async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -1227,20 +1228,30 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Headers for every response; the page meets its own Content-Security-Policy."""
-    scripts = " ".join(
-        {url.split("/npm/")[0] for url in request.app[VENDOR].values() if "://" in url}
-    )
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        f"default-src 'self'; script-src 'self' {scripts}".strip()
-        + "; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    )
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("X-Frame-Options", "DENY")
+def security_headers_for(script_urls: Mapping[str, str]) -> dict[str, str]:
+    """The headers every response carries; the page meets its own Content-Security-Policy."""
+    cdn = sorted({url.split("/npm/")[0] for url in script_urls.values() if "://" in url})
+    policy = [
+        "default-src 'self'",
+        "script-src " + " ".join(["'self'", *cdn]),
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+    return {
+        "Content-Security-Policy": "; ".join(policy),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+    }
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in request.app[SECURITY_HEADERS].items():
+        response.headers.setdefault(name, value)
 
 
 # --- shutdown ------------------------------------------------------------------------
@@ -1296,6 +1307,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     app[CONFIG] = config
     app[STORE] = Store(config, start=lambda stream: asyncio.create_task(produce(app, stream)))
     app[VENDOR] = find_vendor_scripts()
+    app[SECURITY_HEADERS] = security_headers_for(app[VENDOR])  # built once, sent always
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -1309,7 +1321,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     else:
         app[PROVIDER] = provider
     app.cleanup_ctx.append(sweeper_ctx)
-    app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(add_security_headers)
     app.on_shutdown.append(end_streams)
     app.router.add_get("/", index)
     app.router.add_post("/process_prompt", process_prompt)

@@ -55,7 +55,10 @@ async def test_installed_htmx_is_served_by_the_app_with_integrity(start_app):
 async def test_without_npm_the_page_uses_the_pinned_cdn(start_app, monkeypatch, tmp_path):
     monkeypatch.setattr(server, "NODE_MODULES", tmp_path)
     client = await start_app()
-    page = await (await client.get("/")).text()
+    response = await client.get("/")
+    page = await response.text()
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self' https://cdn.jsdelivr.net;" in csp  # and no other host
     for script in VENDOR_SCRIPTS:
         assert f'src="{script.cdn_url}" integrity="{script.integrity}"' in page
         assert (await client.get(f"/vendor/{script.filename}")).status == 404
