@@ -78,13 +78,19 @@ async def test_reconnect_after_the_answer_finished_gets_the_rest(start_app):
     assert health["streams_kept"] == 0  # gone once a browser got `close`
 
 
-async def test_generation_stops_when_nobody_comes_back_within_the_grace_period(start_app):
+async def leave_after_the_first_event(start_app, grace_period: float):
+    """A browser that reads one event and goes; the provider and the client."""
     provider = ScriptedProvider([Answer("a"), Hang()])
-    client = await start_app(provider=provider, grace_period=0.3)
+    client = await start_app(provider=provider, grace_period=grace_period)
     uid = await post_prompt(client)
     response = await client.get("/response-stream", params={"uid": uid})
     await read_events(response, 1)
     response.close()
+    return provider, client, uid
+
+
+async def test_generation_stops_when_nobody_comes_back_within_the_grace_period(start_app):
+    provider, client, uid = await leave_after_the_first_event(start_app, grace_period=0.3)
 
     await asyncio.sleep(0.15)
     assert not provider.closed.is_set()  # still generating, waiting for the browser
@@ -95,12 +101,7 @@ async def test_generation_stops_when_nobody_comes_back_within_the_grace_period(s
 
 
 async def test_grace_period_zero_stops_at_once(start_app):
-    provider = ScriptedProvider([Answer("a"), Hang()])
-    client = await start_app(provider=provider, grace_period=0)
-    uid = await post_prompt(client)
-    response = await client.get("/response-stream", params={"uid": uid})
-    await read_events(response, 1)
-    response.close()
+    provider, _, _ = await leave_after_the_first_event(start_app, grace_period=0)
     await asyncio.wait_for(provider.closed.wait(), timeout=0.5)
 
 
