@@ -1,4 +1,4 @@
-"""OpenAIProvider against a real llama.cpp ``llama-server`` (opt-in).
+"""OpenAIProvider, and the whole app, against a real llama.cpp ``llama-server`` (opt-in).
 
 Skipped unless ``LLAMA_SERVER_URL`` names the server's OpenAI base URL, e.g.::
 
@@ -23,9 +23,7 @@ import pytest
 from providers.events import Answer
 from providers.openai import OpenAIProvider, OpenAISettings
 from tests.fake_upstream import collect, events_until
-
-# For the client_session fixture, until tests/conftest.py registers the plugin.
-pytest_plugins = ["tests.fake_upstream"]
+from tests.sse_client import parse_stream
 
 BASE_URL = os.environ.get("LLAMA_SERVER_URL", "")
 SERVER_ROOT = BASE_URL.rstrip("/").removesuffix("/v1")
@@ -104,3 +102,41 @@ async def test_a_real_error_right_after_a_stream(client_session: aiohttp.ClientS
     assert result.failure.startswith("The model server answered 400 Bad Request: request (")
     assert "exceeds the available context size" in result.failure
     assert result.answer == ""
+
+
+# --- through the whole app ---------------------------------------------------------
+
+
+async def test_the_app_streams_a_real_answer_and_frees_the_slot_when_the_browser_leaves(
+    start_app: Any, client_session: aiohttp.ClientSession
+) -> None:
+    """The app in front of llama-server: a real answer reaches the page's events,
+    the model is found by GET /models, and a browser that leaves frees the slot."""
+    settings = OpenAISettings(base_url=BASE_URL, temperature=0.0, reasoning_hold=0)
+    client = await start_app("openai", openai=settings, grace_period=0)
+
+    response = await client.post(
+        "/process_prompt", data={"prompt": "What is the capital of France?"}
+    )
+    uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+    async with asyncio.timeout(ANSWER_WITHIN):
+        text = await (await client.get("/response-stream", params={"uid": uid})).text()
+    events, _ = parse_stream(text)
+    assert [event.event for event in events[-2:]] == ["final_answer", "close"]
+    assert "Connecting to smollm2…" in [event.data for event in events]
+    assert "Paris" in "".join(event.data for event in events if event.event == "answer_chunk")
+
+    response = await client.post(
+        "/process_prompt", data={"prompt": "Write a very long story about a fox."}
+    )
+    uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+    stream = await client.get("/response-stream", params={"uid": uid})
+    async with asyncio.timeout(ANSWER_WITHIN):
+        await stream.content.readuntil(b"event: answer_chunk")
+    assert await busy_slots(client_session) == 1
+    stream.close()  # the browser leaves
+    loop = asyncio.get_running_loop()
+    left_at = loop.time()
+    while await busy_slots(client_session):
+        assert loop.time() - left_at < SLOT_FREED_WITHIN, "llama-server is still generating"
+        await asyncio.sleep(SLOT_POLL_INTERVAL)
