@@ -9,7 +9,8 @@ Routes
                                 returns the snippet that opens the event stream
     GET  /response-stream?uid=  the event stream for that uid (text/event-stream)
     POST /stop?uid=             the Stop button: the answer so far becomes final
-    GET  /healthz               JSON: status, streams in flight, uids pending, listeners
+    GET  /healthz               JSON: status, provider, streams in flight, uids
+                                pending, listeners, streams kept (for a resume)
     GET  /static/…, /vendor/…   our CSS and JS; htmx itself when installed with npm
 
 Events on /response-stream, each with an ``id:``, in this order:
@@ -64,6 +65,7 @@ import jinja2
 from aiohttp import web
 from markdown_it import MarkdownIt
 from markupsafe import Markup
+from yarl import URL
 
 from providers.demo import DemoProvider
 from providers.events import (
@@ -125,18 +127,28 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
-            raise ValueError(f"must be above zero, not {text}")
+        if not value > 0 or not math.isfinite(value):  # `not >` also refuses nan
+            raise ValueError(f"must be a number above zero, not {text}")
         return value
 
     convert.__name__ = f"positive {kind.__name__}"  # named in error messages
     return convert
 
 
+MAX_PORT = 65535
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= MAX_PORT:
+        raise ValueError(f"must be between 1 and {MAX_PORT}")
+    return port
+
+
 def not_negative(text: str) -> float:
     value = float(text)
-    if value < 0:
-        raise ValueError(f"must not be negative, not {text}")
+    if not value >= 0 or not math.isfinite(value):  # `not >=` also refuses nan
+        raise ValueError(f"must be a finite number, not negative, not {text}")
     return value
 
 
@@ -160,7 +172,7 @@ class Option:
 
 OPTIONS = (
     Option("--host", "HOST", str, "address to listen on"),
-    Option("--port", "PORT", positive(int), "port to listen on"),
+    Option("--port", "PORT", port_number, "port to listen on"),
     Option(
         "--provider",
         None,
@@ -412,7 +424,7 @@ UNKNOWN_UID = (
     "too long. Please submit the prompt again."
 )
 ALREADY_STREAMING = (
-    "This answer is already being streamed to another window. Please submit the prompt again."
+    "This answer is being (or was just) streamed to another window. Please submit the prompt again."
 )
 
 
@@ -483,9 +495,12 @@ class Store:
     A stream is *pending* until its first GET starts the producer. A second GET
     is refused unless it resumes (``Last-Event-ID``). When the last listener
     leaves, the generation goes on for ``grace`` seconds in case the browser
-    comes back, then stops. The entry goes away when a browser has received
-    `close`, when nobody came back within ``grace``, or when a pending prompt
-    waited longer than ``ttl``. Changes happen under one asyncio lock.
+    comes back, then stops. The entry goes away ``grace`` seconds after its
+    last listener left (even one that wrote `close`: the connection may have
+    dropped before the browser read it), or when a pending prompt waited longer
+    than ``ttl``. The coroutines change entries under one asyncio lock; the
+    grace timer's callback runs between two awaits, so it never sees one
+    half-changed.
     """
 
     def __init__(self, config: Config, start: Callable[[Stream], asyncio.Task[None]]) -> None:
@@ -559,7 +574,7 @@ class Store:
             if stream.producer is None:
                 stream.producer = self._start(stream)
                 position = 0
-            elif last_event_id is not None and 0 <= last_event_id <= len(stream.frames):
+            elif last_event_id is not None and 1 <= last_event_id <= len(stream.frames):
                 position = last_event_id  # the browser came back: resume after its last event
             else:
                 raise NotClaimable(ALREADY_STREAMING)
@@ -569,13 +584,13 @@ class Store:
                 stream.timer = None
             return stream, position
 
-    async def detach(self, stream: Stream, saw_close: bool) -> None:
-        """A listener left; ``saw_close`` says whether its browser got the whole stream."""
+    async def detach(self, stream: Stream) -> None:
+        """A listener left, having written `close` or not."""
         async with self._lock:
             stream.listeners -= 1
-            if saw_close:
-                self._forget(stream)
-            elif stream.listeners == 0:
+            if stream.listeners == 0:
+                # Even after `close` was written, the connection may have dropped
+                # before the browser read it: keep the log for a reconnect.
                 self._wait_for_return(stream)
 
     async def finished(self, stream: Stream) -> None:
@@ -648,7 +663,7 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+async def background_ctx(app: web.Application) -> AsyncIterator[None]:
     """The app's two background loops, for its whole life: expire unclaimed
     prompts, and wake quiet listeners so they send their pings."""
     store = app[STORE]
@@ -766,7 +781,7 @@ async def read_prompt(request: web.Request) -> str:
         raise Refusal(
             413, f"The request is too large. Prompts are limited to {limit:,} characters."
         ) from None
-    except ValueError:
+    except Exception:  # a malformed body fails in many ways: bad charset, encoding, parts
         raise Refusal(400, "The form could not be read. Please submit it again.") from None
     prompt = form.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -1001,11 +1016,12 @@ async def produce(app: web.Application, stream: Stream) -> None:
     try:
         async with asyncio.timeout(config.max_duration):
             async with aclosing(app[PROVIDER].stream(stream.prompt)) as events:
-                outcome = "done"
                 async for event in events:
                     if not relay.take(event):
                         outcome = "failed"
                         break
+                else:
+                    outcome = "done"
         if outcome == "done":
             relay.finish(render_final_answer(app, stream.uid, transcript))
     except TimeoutError:
@@ -1053,7 +1069,7 @@ def log_stream(app: web.Application, stream: Stream, outcome: str, transcript: T
     prompt = f" prompt={stream.prompt!r}" if app[CONFIG].log_prompts else ""
     log.info(
         "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s%s",
-        stream.uid[:9],  # enough to follow one stream in the log, not enough to claim it
+        stream.uid[:9],  # enough to follow one stream in the log, far too little to claim it
         app[PROVIDER].name,
         outcome,
         stats["duration"],
@@ -1079,7 +1095,8 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    # Never compressed: a compressor buffers, and the tokens would arrive in lumps.
+    # Not compressed (enable_compression is never called here): a compressor
+    # buffers, and the tokens would arrive in lumps.
     await response.prepare(request)
     return response
 
@@ -1134,15 +1151,14 @@ async def response_stream(request: web.Request) -> web.StreamResponse:
         )
         return response
 
-    saw_close = False
     try:
         await write(response, RETRY_FIELD, config.write_timeout)
-        saw_close = await listen(stream, response, position, config, request.transport)
+        await listen(stream, response, position, config, request.transport)
     except (ConnectionError, ClientTooSlow):
         if request.transport is not None:
             request.transport.close()  # a slow client's unread data is dropped with it
     finally:
-        await request.app[STORE].detach(stream, saw_close)
+        await request.app[STORE].detach(stream)
     return response
 
 
@@ -1152,9 +1168,9 @@ async def listen(
     position: int,
     config: Config,
     transport: asyncio.Transport | None = None,
-) -> bool:
-    """Write the stream's events after ``position`` as they come, and a ping when
-    it is quiet (ping_forever wakes quiet listeners). True once `close` is written."""
+) -> None:
+    """Write the stream's events after ``position`` as they come, until `close`,
+    and a ping when it is quiet (ping_forever wakes quiet listeners)."""
     loop = asyncio.get_running_loop()
     last_write = loop.time()
     while True:
@@ -1164,10 +1180,11 @@ async def listen(
             position, last_write = end, loop.time()
             continue  # more may have come while writing
         if stream.closed:
-            return True
+            return
         if loop.time() - last_write >= config.ping_interval:
             await write(response, PING, config.write_timeout, transport)
             last_write = loop.time()
+            continue  # events may have come while the ping was written
         # No timer per wait: that was one more timer per event per listener.
         await stream.changed()
 
@@ -1204,11 +1221,17 @@ def password_matches(request: web.Request, password: str) -> bool:
 
 
 def cross_site(request: web.Request) -> bool:
-    """A POST sent by another site's page (a browser always says where it comes from)."""
-    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
-        return True
+    """A POST sent by another site's page (a browser always says where it comes from).
+
+    Only host names are compared (Origin's and the Host header's): behind a
+    TLS proxy the browser says https while this server sees http, and the
+    proxy may drop the port from Host.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in ("same-origin", "none")
     origin = request.headers.get("Origin")
-    return origin is not None and origin != f"{request.scheme}://{request.host}"
+    return origin is not None and URL(origin).host != URL(f"//{request.host}").host
 
 
 @web.middleware
@@ -1220,7 +1243,7 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         # after that, the page's event streams included.
         return web.Response(
             status=401,
-            text="This app needs a password.",
+            text="This app needs a password (with any user name).",
             headers={"WWW-Authenticate": REALM},
         )
     if request.method == "POST" and cross_site(request):
@@ -1252,6 +1275,17 @@ def security_headers_for(script_urls: Mapping[str, str]) -> dict[str, str]:
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in request.app[SECURITY_HEADERS].items():
         response.headers.setdefault(name, value)
+
+
+class AccessLogger(web.AbstractAccessLogger):
+    """aiohttp's access log line, without the query string: a stream's URL
+    carries its uid, and a log line must not hand anyone the answer."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.3fs', request.remote, request.method, request.path,
+            response.status, time,
+        )  # fmt: skip
 
 
 # --- shutdown ------------------------------------------------------------------------
@@ -1293,7 +1327,19 @@ def make_markdown() -> MarkdownIt:
             return f'<div class="code-block">{COPY_CODE_BUTTON}{code}</div>'
 
         markdown.add_render_rule(rule, with_copy_button)
+    for rule in ("th_open", "td_open"):
+        markdown.add_render_rule(rule, aligned_cell)
     return markdown
+
+
+def aligned_cell(renderer, tokens, index, options, env):
+    """A table cell aligned by a class, not by markdown-it's inline style: the
+    Content-Security-Policy (style-src 'self') forbids inline styles."""
+    cell = tokens[index]
+    style = cell.attrs.pop("style", None)
+    if isinstance(style, str) and style.startswith("text-align:"):
+        cell.attrSet("class", "align-" + style.removeprefix("text-align:"))
+    return renderer.renderToken(tokens, index, options, env)
 
 
 def markdown_filter(markdown: MarkdownIt) -> Callable[[str], Markup]:
@@ -1320,7 +1366,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
         app.cleanup_ctx.append(provider_ctx)
     else:
         app[PROVIDER] = provider
-    app.cleanup_ctx.append(sweeper_ctx)
+    app.cleanup_ctx.append(background_ctx)
     app.on_response_prepare.append(add_security_headers)
     app.on_shutdown.append(end_streams)
     app.router.add_get("/", index)
@@ -1345,14 +1391,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("answers come from the %s provider", config.provider)
     gc.freeze()  # what was imported lives as long as the process: never scan it again
     gc.set_threshold(*GC_THRESHOLDS)
-    web.run_app(
-        make_app(config),
-        host=config.host,
-        port=config.port,
-        # A browser that leaves has its handler cancelled at once (not at the next ping).
-        handler_cancellation=True,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    app = make_app(config)
+    local = all(url.startswith("/vendor/") for url in app[VENDOR].values())
+    log.info(
+        "htmx is served %s", "by this app" if local else "from a CDN (`npm ci` serves it here)"
     )
+    if config.password:
+        log.info("a password (APP_PASSWORD) protects the app")
+    try:
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            # A browser that leaves has its handler cancelled at once (not at the next ping).
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            access_log_class=AccessLogger,
+        )
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        sys.exit(f"Cannot listen on {config.host}:{config.port}: {error.strerror or error}")
 
 
 if __name__ == "__main__":

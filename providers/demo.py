@@ -24,7 +24,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from providers.events import Answer, Failure, Finished, ProviderEvent, Reasoning, Status, Usage
+from providers.events import Answer, Failure, Finished, ProviderEvent, Reasoning, Status
 
 #: What makes the demo provider fail on purpose.
 ERROR_COMMAND = "/error"
@@ -101,5 +101,5 @@ class DemoProvider:
             await asyncio.sleep(self.delay)
             yield Answer(piece)
 
-        yield Usage(prompt_tokens=len(pieces(prompt)), completion_tokens=len(answer))
+        # No Usage: the demo has no tokens to count, and says no more than it knows.
         yield Finished("stop")

@@ -189,6 +189,11 @@ class OpenAIProvider:
         if self.model:
             return self.model
         models = await self._list_models()
+        if models is None:
+            raise _CannotStart(
+                f"Could not reach the model server at {self._where()} to ask which model to "
+                "use. Is it running? (Or name one with --model or OPENAI_MODEL.)"
+            )
         if len(models) == 1:
             self.model = models[0]
             return self.model
@@ -203,8 +208,9 @@ class OpenAIProvider:
             "start the app with --model NAME or OPENAI_MODEL=NAME."
         )
 
-    async def _list_models(self) -> list[str]:
-        """The ids from ``GET {base_url}/models``; empty when that fails in any way."""
+    async def _list_models(self) -> list[str] | None:
+        """The ids from ``GET {base_url}/models``: None when the server cannot be
+        reached, empty when it answers with no usable list."""
         headers = {}
         if self._settings.api_key:
             headers["Authorization"] = f"Bearer {self._settings.api_key}"
@@ -216,7 +222,9 @@ class OpenAIProvider:
                 if response.status != HTTPStatus.OK:
                     return []
                 listing = json.loads(await self._read_capped(response))
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError):
+            return None
+        except (aiohttp.ClientError, ValueError):
             return []
         entries = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(entries, list):

@@ -1,5 +1,20 @@
 // The page's only JavaScript: htmx does the streaming, this does the manners.
 
+// Without htmx the form would fall back to a plain page reload and lose the
+// prompt. Say why instead: usually the CDN is out of reach and `npm ci` was not run.
+document.addEventListener("DOMContentLoaded", () => {
+  if (!window.htmx) {
+    const note = document.createElement("p");
+    note.className = "refusal";
+    note.setAttribute("role", "alert");
+    note.textContent =
+      "htmx did not load, so this page cannot stream. Run `npm ci` once (with internet) " +
+      "in the app's folder and restart the server: it then serves htmx itself.";
+    document.querySelector("main").prepend(note);
+    document.querySelector("form")?.addEventListener("submit", (event) => event.preventDefault());
+  }
+});
+
 // The browser's EventSource fires its own "error" event whenever a connection
 // drops, and it carries no data. Our listener for the server's `error` event
 // would pass that to htmx, whose swap then throws (a TypeError and an
@@ -7,6 +22,14 @@
 document.addEventListener("htmx:sseBeforeMessage", (event) => {
   if (event.detail.data === undefined) {
     event.preventDefault();
+  }
+});
+
+// A stream opens: say so once, in its status line (a live region).
+document.addEventListener("htmx:sseOpen", (event) => {
+  const status = event.target.closest(".stream")?.querySelector(".status");
+  if (status && !status.textContent) {
+    status.textContent = "Generating…";
   }
 });
 
@@ -30,14 +53,20 @@ document.addEventListener("htmx:sseClose", (event) => {
   stream.querySelector(".stop")?.remove();
   stream.querySelector("[aria-busy]")?.setAttribute("aria-busy", "false");
   const failed = stream.querySelector(".error")?.textContent.trim();
-  stream.querySelector(".status").textContent = failed ? "Stopped by an error." : "Done.";
+  const stopped = stream.querySelector("[data-finish=stopped]");
+  stream.querySelector(".status").textContent =
+    failed ? "Stopped by an error." : stopped ? "Stopped." : "Done.";
 });
 
-// Follow the growing answer, unless the person scrolled up to read.
+// Follow the growing answer, unless the person scrolled up to read; a new
+// prompt is followed again.
 let following = true;
 window.addEventListener("scroll", () => {
   const fromBottom = document.documentElement.scrollHeight - window.innerHeight - window.scrollY;
   following = fromBottom < 80;
+});
+document.addEventListener("htmx:afterRequest", () => {
+  following = true;
 });
 document.addEventListener("htmx:sseMessage", () => {
   if (following) {

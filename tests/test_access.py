@@ -58,6 +58,19 @@ async def test_post_from_another_site_is_refused(start_app, headers):
     assert "can only be sent from this app" in await response.text()
 
 
+async def test_post_through_a_tls_proxy_is_accepted_and_other_hosts_are_not(start_app):
+    """Behind nginx with TLS the browser says https and this server sees http."""
+    client = await start_app()
+    proxied = {"Host": "chat.example.org", "X-Forwarded-Proto": "https"}
+    ours = {**proxied, "Origin": "https://chat.example.org"}
+    theirs = {**proxied, "Origin": "https://evil.example"}
+    same_origin = {**theirs, "Sec-Fetch-Site": "same-origin"}  # the browser's word wins
+    typed = {"Sec-Fetch-Site": "none"}  # a request the person made themselves
+    for headers, status in [(ours, 200), (theirs, 403), (same_origin, 200), (typed, 200)]:
+        response = await client.post("/process_prompt", data={"prompt": "hi"}, headers=headers)
+        assert response.status == status, headers
+
+
 async def test_post_from_our_own_page_is_accepted(start_app):
     client = await start_app()
     origin = str(client.make_url("")).rstrip("/")

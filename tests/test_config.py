@@ -61,8 +61,10 @@ def test_api_key_is_environment_only_and_never_printed():
 BAD_VALUES = [
     (["--port", "x"], {}, "--port: 'x' is not valid"),
     ([], {"PORT": "eighty"}, "PORT: 'eighty' is not valid"),
-    (["--uid-ttl", "0"], {}, "--uid-ttl: '0' is not valid (must be above zero, not 0)"),
-    ([], {"OPENAI_TEMPERATURE": "-1"}, "must not be negative"),
+    (["--uid-ttl", "0"], {}, "--uid-ttl: '0' is not valid (must be a number above zero, not 0)"),
+    (["--grace-period", "nan"], {}, "--grace-period: 'nan' is not valid"),
+    (["--max-duration", "inf"], {}, "--max-duration: 'inf' is not valid"),
+    ([], {"OPENAI_TEMPERATURE": "-1"}, "not negative"),
     (["--provider", "claude"], {}, "invalid choice: 'claude'"),
 ]
 

@@ -21,6 +21,8 @@ CASES = [
     ("fenced-code-with-copy", "```py\nprint(1)\n```",
      '<div class="code-block"><button type="button" class="copy" data-copy="code">Copy</button>'
      '<pre><code class="language-py">print(1)\n</code></pre>\n</div>'),
+    ("aligned-table-uses-classes-not-inline-styles", "|a|b|\n|:-:|-:|\n|1|2|",
+     '<td class="align-center">1</td>\n<td class="align-right">2</td>'),
     ("indented-code-with-copy", "    x = 1\n", 'data-copy="code">Copy</button><pre><code>x = 1\n'),
 ]  # fmt: skip
 
@@ -42,3 +44,9 @@ async def test_final_answer_is_rendered_and_keeps_the_exact_text_for_copy(start_
     assert "&lt;b&gt;not html&lt;/b&gt;" in final and "<b>" not in final
     assert 'data-copy="answer"' in final
     assert "# Title" in chunks[0]  # while streaming, plain text: no re-render per token
+
+
+def test_rendered_markdown_never_carries_an_inline_style():
+    """The page's CSP forbids inline styles: markdown must not produce any."""
+    text = "|l|c|r|\n|:-|:-:|-:|\n|1|2|3|\n\n**b** `c` [x](https://e.org)\n\n```\nx\n```"
+    assert "style=" not in render(text)

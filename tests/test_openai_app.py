@@ -42,7 +42,7 @@ async def test_reasoning_shows_as_thoughts_and_never_in_the_answer(start_app, fa
     assert "".join(texts(events, "answer_chunk")) == "Hello <there>!"
     final = texts(events, "final_answer")[0]
     assert "I greet back." in final.split("<details", 1)[1]  # folded away, not in the answer
-    assert "3 tokens" in final
+    assert "3 tokens" in final and "tokens/s" in final and " s in all" in final
     assert [e.event for e in events[-2:]] == ["final_answer", "close"]
     request = fake_upstream.requests[0]
     assert request.json["model"] == "m" and request.json["stream"] is True
@@ -139,3 +139,15 @@ async def test_several_models_and_none_chosen_asks_to_choose(start_app, fake_ups
     assert "Choose a model with --model or OPENAI_MODEL; the server offers: qwen3, llama3.2" in (
         events[-2].data
     )
+
+
+async def test_no_model_and_an_unreachable_server_says_so(start_app, unused_tcp_port):
+    openai = OpenAISettings(base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", model="")
+    client = await start_app("openai", openai=openai)
+    page = await (await client.get("/")).text()
+    uid = await post_prompt(client)
+    _, events, _ = await read_stream(client, uid)
+
+    assert f"the model served at\n      <code>http://127.0.0.1:{unused_tcp_port}/v1</code>" in page
+    assert "Could not reach the model server at 127.0.0.1:" in events[-2].data
+    assert "to ask which model to use" in events[-2].data

@@ -22,7 +22,7 @@ async def test_page_has_the_htmx_form_and_an_empty_container(start_app):
 async def test_page_lets_htmx_swap_our_refusals(start_app):
     page = await (await (await start_app()).get("/")).text()
     assert '<meta name="htmx-config"' in page
-    assert '"(400|413|415|422|429|503)", "swap": true' in page
+    assert '"(400|403|413|415|422|429|503)", "swap": true' in page
     assert '"allowScriptTags": false' in page
 
 

@@ -83,3 +83,23 @@ async def test_refusal_never_becomes_a_server_error_on_a_broken_body(start_app):
     )
     assert 400 <= response.status < 500
     assert "refusal" in await response.text()
+
+
+FORM = "application/x-www-form-urlencoded"
+BROKEN_BODIES = {
+    "unknown-charset": (b"prompt=hi", {"Content-Type": f"{FORM}; charset=bogus"}),
+    "unknown-transfer-encoding-in-a-part": (
+        b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n"
+        b"Content-Transfer-Encoding: bogus\r\n\r\nhi\r\n--b--\r\n",
+        {"Content-Type": "multipart/form-data; boundary=b"},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "headers"), BROKEN_BODIES.values(), ids=BROKEN_BODIES.keys())
+async def test_a_malformed_body_is_a_400_not_a_server_error(start_app, body, headers):
+    client = await start_app()
+    response = await client.post("/process_prompt", data=body, headers=headers)
+    assert response.status == 400
+    assert "The form could not be read" in await response.text()
+    assert (await client.get("/healthz")).status == 200

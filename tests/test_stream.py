@@ -2,6 +2,7 @@
 
 import asyncio
 import html
+import logging
 import re
 import time
 
@@ -244,7 +245,7 @@ async def test_second_get_while_streaming_is_refused(start_app):
     first.close()
 
     assert [e.event for e in second] == ["error", "close"]
-    assert "already being streamed" in second[0].data
+    assert "streamed to another window" in second[0].data
     assert provider.started == 1
 
 
@@ -278,6 +279,20 @@ async def test_pings_keep_a_quiet_stream_alive(start_app):
     assert comments.count("ping") >= 2
     assert ": ping\n\n" in text
     assert events[-1].event == "close"
+
+
+async def test_a_browser_that_left_is_logged_as_abandoned(start_app, caplog):
+    caplog.set_level(logging.INFO, logger="stream")
+    provider = ScriptedProvider([Answer("Once"), Hang()])
+    client = await start_app(provider=provider)
+    uid = await post_prompt(client)
+    response = await client.get("/response-stream", params={"uid": uid})
+    await response.content.readuntil(b"data: Once\n\n")
+    response.close()
+    await asyncio.wait_for(provider.closed.wait(), timeout=1.0)
+    await wait_for_health(client, {"streams_kept": 0})
+
+    assert f"stream {uid[:9]} provider=scripted outcome=abandoned" in caplog.text
 
 
 @pytest.mark.parametrize("moment", ["while-thinking", "while-answering"])

@@ -94,7 +94,7 @@ async def test_stop_ends_the_generation_and_keeps_the_answer_so_far(tab, serve_a
     await expect(tab.final.locator(".note")).to_have_text("You stopped the answer here.")
     await asyncio.wait_for(provider.closed.wait(), timeout=2.0)  # the model was let go
     await tab.wait_until_stream_closed()
-    await expect(tab.response.get_by_role("status")).to_have_text("Done.")
+    await expect(tab.response.get_by_role("status")).to_have_text("Stopped.")
     await expect(tab.response.get_by_role("button", name="Stop")).to_have_count(0)
     assert not tab.problems()
 

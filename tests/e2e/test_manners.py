@@ -43,7 +43,7 @@ async def test_stop_keeps_the_partial_answer_as_the_final_one(tab, serve_app):
     await tab.response.get_by_role("button", name="Stop").click()
     await expect(tab.final).to_contain_text("You stopped the answer here.")
     await expect(tab.final.locator(".answer-rendered")).to_have_text("Half of it")
-    await expect(tab.response.get_by_role("status")).to_have_text("Done.")
+    await expect(tab.response.get_by_role("status")).to_have_text("Stopped.")
 
 
 async def test_code_block_copy_button_copies_the_code(tab, serve_app):
@@ -100,3 +100,16 @@ async def test_layout_fits_a_phone_and_follows_a_dark_theme(tab, serve_app):
     assert max(red, green, blue) < 64  # dark
     await asyncio.sleep(0)
     assert not tab.problems()
+
+
+async def test_without_htmx_the_page_says_why_instead_of_reloading(tab, serve_app):
+    """The CDN out of reach and no `npm ci`: the form must not silently reload."""
+    served = await serve_app("demo")
+    await tab.page.route("**/vendor/*.js", lambda route: route.abort())
+    await tab.open(served.url)
+
+    await expect(tab.page.get_by_role("alert")).to_contain_text("htmx did not load")
+    await tab.page.get_by_label("Prompt").fill("Anything")
+    await tab.page.get_by_role("button", name="Generate").click()
+    await asyncio.sleep(0.3)
+    assert tab.page.url == served.url  # no plain GET reload with the prompt in the URL
