@@ -466,9 +466,7 @@ class Stream:
                 self.frames[self._thought_at] = None
             self._thought_at = len(self.frames) - 1
         self.closed = event == "close"
-        # Wake every listener: each one waits on the Event of its moment.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.wake()
 
     def frames_after(self, event_id: int) -> bytes:
         return b"".join(frame for frame in self.frames[event_id:] if frame is not None)
@@ -478,7 +476,8 @@ class Stream:
         await self._changed.wait()
 
     def wake(self) -> None:
-        """Wake the listeners with no new event, so a quiet one can send a ping."""
+        """Wake every listener (each waits on the Event of its moment): for a new
+        event, or from the pinger, so that a quiet one sends a ping."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -709,6 +708,10 @@ class VendorScript:
     def local_file(self) -> Path:
         return NODE_MODULES / self.package_path
 
+    @property
+    def local_url(self) -> str:
+        return "/vendor/" + self.filename
+
     def matches_local_file(self) -> bool:
         digest = hashlib.sha384(self.local_file.read_bytes()).digest()
         return "sha384-" + base64.b64encode(digest).decode() == self.integrity
@@ -737,7 +740,7 @@ def find_vendor_scripts() -> dict[str, str]:
     urls = {}
     for script in VENDOR_SCRIPTS:
         if script.local_file.is_file() and script.matches_local_file():
-            urls[script.filename] = "/vendor/" + script.filename
+            urls[script.filename] = script.local_url
         else:
             if script.local_file.is_file():
                 log.warning("%s is not the pinned version; run `npm ci`", script.local_file)
@@ -747,10 +750,10 @@ def find_vendor_scripts() -> dict[str, str]:
 
 async def vendor_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["filename"]
-    if request.app[VENDOR].get(name) != "/vendor/" + name:
-        raise web.HTTPNotFound(text="Not installed here: run `npm ci`.")
-    script = next(script for script in VENDOR_SCRIPTS if script.filename == name)
-    return web.FileResponse(script.local_file)
+    for script in VENDOR_SCRIPTS:
+        if script.filename == name and request.app[VENDOR][name] == script.local_url:
+            return web.FileResponse(script.local_file)
+    raise web.HTTPNotFound(text="Not installed here: run `npm ci`.")
 
 
 # --- the page and the bridge -----------------------------------------------------------
@@ -991,6 +994,11 @@ class Relay:
         self.thought.flush()
         self.answer.flush()
 
+    def discard(self) -> None:
+        """Cancel the pending sends: nothing may follow `close`."""
+        self.thought.discard()
+        self.answer.discard()
+
     def fail(self, message: str) -> None:
         self.flush()
         self.stream.append("thought", "")  # the status line and the error say it all
@@ -1042,8 +1050,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         outcome = "crashed"
         relay.fail(CRASHED)
     finally:
-        relay.thought.discard()
-        relay.answer.discard()
+        relay.discard()
         stream.append("close", "")
         log_stream(app, stream, outcome, transcript)
         await app[STORE].finished(stream)
@@ -1392,10 +1399,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv if argv is not None else sys.argv[1:], os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log.info("answers come from the %s provider", config.provider)
-    gc.freeze()  # what was imported lives as long as the process: never scan it again
-    gc.set_threshold(*GC_THRESHOLDS)
     app = make_app(config)
-    local = all(url.startswith("/vendor/") for url in app[VENDOR].values())
+    gc.freeze()  # the modules and the app live as long as the process: never scan them again
+    gc.set_threshold(*GC_THRESHOLDS)
+    local = all(app[VENDOR][script.filename] == script.local_url for script in VENDOR_SCRIPTS)
     log.info(
         "htmx is served %s", "by this app" if local else "from a CDN (`npm ci` serves it here)"
     )

@@ -33,24 +33,25 @@ document.addEventListener("htmx:sseOpen", (event) => {
   }
 });
 
-// A stream replaced by a newer prompt: ask the server to stop it now. It cannot
-// tell that from a dropped connection, and would let the model write on for
-// the grace period, for nobody.
-document.addEventListener("htmx:sseClose", (event) => {
-  const stop = event.target.querySelector(".stop");
-  if (event.detail.type === "nodeReplaced" && stop) {
-    fetch(stop.getAttribute("hx-post"), { method: "POST" });
-  }
-});
-
-// When a stream ends: the Stop button goes, the answer is no longer busy, and
-// the status line says how it ended (read out once by screen readers).
+// When a stream closes.
+// - Replaced by a newer prompt: ask the server to stop it now. It cannot tell
+//   that from a dropped connection, and would let the model write on for the
+//   grace period, for nobody.
+// - Ended by the server: the Stop button goes, the answer is no longer busy,
+//   and the status line says how it ended (read out once by screen readers).
 document.addEventListener("htmx:sseClose", (event) => {
   const stream = event.target.closest(".stream");
-  if (!stream || event.detail.type !== "message") {
-    return; // replaced by a newer prompt: nothing to announce
+  const stop = stream?.querySelector(".stop");
+  if (event.detail.type === "nodeReplaced") {
+    if (stop) {
+      fetch(stop.getAttribute("hx-post"), { method: "POST" });
+    }
+    return;
   }
-  stream.querySelector(".stop")?.remove();
+  if (!stream || event.detail.type !== "message") {
+    return;
+  }
+  stop?.remove();
   stream.querySelector("[aria-busy]")?.setAttribute("aria-busy", "false");
   const failed = stream.querySelector(".error")?.textContent.trim();
   const stopped = stream.querySelector("[data-finish=stopped]");

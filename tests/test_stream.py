@@ -333,3 +333,12 @@ async def test_failed_ping_to_a_departed_client_ends_the_stream():
             assert app[STORE].counts()["streams_in_flight"] == 0
     finally:
         await runner.cleanup()
+
+
+async def test_prompt_text_is_logged_only_when_asked(start_app, caplog):
+    caplog.set_level(logging.INFO, logger="stream")
+    secret_prompt = "my diary entry for today"
+    for log_prompts in (False, True):
+        client = await start_app(log_prompts=log_prompts)
+        await read_stream(client, await post_prompt(client, secret_prompt))
+        assert (secret_prompt in caplog.text) is log_prompts
