@@ -59,15 +59,14 @@ document.addEventListener("htmx:sseClose", (event) => {
     failed ? "Stopped by an error." : stopped ? "Stopped." : "Done.";
 });
 
-// Follow the growing answer, unless the person scrolled up to read; a new
-// prompt is followed again.
+// Follow the growing answer, unless the person scrolled up to read. Where the
+// window is gets read just before each swap, not kept from scroll events: those
+// arrive a frame late, and a swap in between would pull the person back down.
+const FOLLOW_SLACK_PX = 80;
 let following = true;
-window.addEventListener("scroll", () => {
+document.addEventListener("htmx:sseBeforeMessage", () => {
   const fromBottom = document.documentElement.scrollHeight - window.innerHeight - window.scrollY;
-  following = fromBottom < 80;
-});
-document.addEventListener("htmx:afterRequest", () => {
-  following = true;
+  following = fromBottom < FOLLOW_SLACK_PX;
 });
 document.addEventListener("htmx:sseMessage", () => {
   if (following) {

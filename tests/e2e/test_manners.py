@@ -69,7 +69,9 @@ async def scroll_gap(tab) -> float:
 
 async def test_page_follows_the_answer_unless_the_person_scrolled_up(tab, serve_app):
     lines = [Answer(f"Line {n} of a long answer.\n") for n in range(60)]
-    provider = ScriptedProvider([*paced(lines, Pause(0.03)), Hang()])
+    # Lines faster than a frame: a scroll event arrives a frame late, so a page
+    # that trusted it would pull the person back down between scroll and event.
+    provider = ScriptedProvider([*paced(lines, Pause(0.005)), Hang()])
     served = await serve_app(provider, answer_window=0)
     await tab.page.set_viewport_size({"width": 800, "height": 500})
     await tab.open(served.url)
