@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import scenarios  # noqa: E402
-from bench.load import HeldStreams, Target, round_trips, run_many  # noqa: E402
+from bench.load import HeldStreams, Target, collector_paused, round_trips, run_many  # noqa: E402
 from bench.procs import Process, free_port, raise_open_file_limit  # noqa: E402
 from bench.protocol import Directive  # noqa: E402
 from bench.run import APP_FLAGS, warm_up  # noqa: E402
@@ -195,7 +195,8 @@ class Session:
             spy, raw = self.spy(app, name)
             app.popen.send_signal(signal.SIGUSR2)  # the collector's figures, before
             before = app.cpu_seconds()
-            work, unit = await getattr(self, name)(app)
+            with collector_paused():
+                work, unit = await getattr(self, name)(app)
             cpu = app.cpu_seconds() - before
             app.popen.send_signal(signal.SIGUSR2)  # and after
             await asyncio.to_thread(spy.wait)
@@ -223,27 +224,30 @@ async def hold(session: Session, held_count: int) -> str:
     app = session.app("app-s3")
     try:
         await warm_up(app)
-        held = HeldStreams(Target(app.name, app.base), scenarios.OPEN_LIMIT_S)
-        orders = [
-            Directive(id=f"p3-{n}", tokens=scenarios.ENDLESS_TOKENS, delay=1.0, stamp=True)
-            for n in range(held_count)
-        ]
-        await held.open(
-            orders, deadline=time.monotonic() + scenarios.OPEN_LIMIT_S + held_count / 50
-        )
-        await asyncio.sleep(SETTLE_S)
-        spy, raw = session.spy(app, "s3")
-        app.popen.send_signal(signal.SIGUSR2)
-        before, start_ns = app.cpu_seconds(), time.monotonic_ns()
-        await asyncio.sleep(session.seconds)
-        cpu, end_ns = app.cpu_seconds() - before, time.monotonic_ns()
-        app.popen.send_signal(signal.SIGUSR2)
-        await asyncio.sleep(CENSUS_WAIT_S)
-        app.popen.send_signal(signal.SIGUSR1)  # the heap census, while the streams are open
-        await asyncio.sleep(CENSUS_WAIT_S)
-        latencies = [ns for stream in held.streams for ns in stream.latencies_ns(start_ns, end_ns)]
-        await asyncio.to_thread(spy.wait)
-        await held.drop_all()
+        with collector_paused():
+            held = HeldStreams(Target(app.name, app.base), scenarios.OPEN_LIMIT_S)
+            orders = [
+                Directive(id=f"p3-{n}", tokens=scenarios.ENDLESS_TOKENS, delay=1.0, stamp=True)
+                for n in range(held_count)
+            ]
+            await held.open(
+                orders, deadline=time.monotonic() + scenarios.OPEN_LIMIT_S + held_count / 50
+            )
+            await asyncio.sleep(SETTLE_S)
+            spy, raw = session.spy(app, "s3")
+            app.popen.send_signal(signal.SIGUSR2)
+            before, start_ns = app.cpu_seconds(), time.monotonic_ns()
+            await asyncio.sleep(session.seconds)
+            cpu, end_ns = app.cpu_seconds() - before, time.monotonic_ns()
+            app.popen.send_signal(signal.SIGUSR2)
+            await asyncio.sleep(CENSUS_WAIT_S)
+            app.popen.send_signal(signal.SIGUSR1)  # the heap census, while the streams are open
+            await asyncio.sleep(CENSUS_WAIT_S)
+            latencies = [
+                ns for stream in held.streams for ns in stream.latencies_ns(start_ns, end_ns)
+            ]
+            await asyncio.to_thread(spy.wait)
+            await held.drop_all()
     finally:
         app.stop()
     report = summarize(raw, cpu, len(latencies), "token")

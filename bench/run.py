@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import browser, scenarios, table  # noqa: E402
-from bench.load import Target, run_many  # noqa: E402
+from bench.load import Target, collector_paused, run_many  # noqa: E402
 from bench.procs import OtherLoad, Process, free_port, raise_open_file_limit  # noqa: E402
 from bench.protocol import Directive  # noqa: E402
 
@@ -176,7 +176,8 @@ async def interleaved(
     results: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(runs):
         for name in names:
-            results[name].append(await scenario(name))
+            with collector_paused():
+                results[name].append(await scenario(name))
     return results
 
 
@@ -283,9 +284,11 @@ class Bench:
             await warm_up(fresh)
             load = OtherLoad()
             plan = self.plan
-            self.figures[key] = await scenarios.hold(
-                target(fresh), fresh, size, plan.s3_hold_s, plan.s3_ramp_s, self.servers.upstream
-            )
+            with collector_paused():
+                self.figures[key] = await scenarios.hold(
+                    target(fresh), fresh, size, plan.s3_hold_s, plan.s3_ramp_s,
+                    self.servers.upstream,
+                )  # fmt: skip
             self.figures["other_load"][key] = load.share()
         finally:
             self.servers.stop(fresh)
