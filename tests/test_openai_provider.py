@@ -323,6 +323,19 @@ async def test_lm_studio_wrong_path_is_json_not_a_stream(
     assert fake_upstream.requests[0].path == "/chat/completions"
 
 
+async def test_a_whole_completion_instead_of_a_stream_is_reported_not_shown(run: Run) -> None:
+    """A server that ignores `stream: true` answers with one JSON completion.
+    Its text is not passed off as a stream: the person is told what came back."""
+    completion = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}}],
+    }
+    result = await run(json.dumps(completion).encode(), content_type="application/json")
+    assert_failure(result, "", "answered with application/json, not an event stream.")
+    assert "Hello!" not in result.failure
+    assert "/v1" not in result.failure  # the base URL has it: no hint about the path
+
+
 async def test_openrouter_comments_and_mirrored_reasoning_details(run: Run, split: str) -> None:
     def thinking(text: str) -> bytes:
         details = [{"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}]
