@@ -1184,19 +1184,18 @@ async def listen(
 ) -> None:
     """Write the stream's events after ``position`` as they come, until `close`,
     and a ping when it is quiet (ping_forever wakes quiet listeners)."""
-    loop = asyncio.get_running_loop()
-    last_write = loop.time()
+    last_write = time.monotonic()  # the clock of Stream.last_event_at and the pinger
     while True:
         if position < len(stream.frames):
             end = len(stream.frames)
             await write(response, stream.frames_after(position), config.write_timeout, transport)
-            position, last_write = end, loop.time()
+            position, last_write = end, time.monotonic()
             continue  # more may have come while writing
         if stream.closed:
             return
-        if loop.time() - last_write >= config.ping_interval:
+        if time.monotonic() - last_write >= config.ping_interval:
             await write(response, PING, config.write_timeout, transport)
-            last_write = loop.time()
+            last_write = time.monotonic()
             continue  # events may have come while the ping was written
         # No timer per wait: that was one more timer per event per listener.
         await stream.changed()

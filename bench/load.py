@@ -50,12 +50,14 @@ OPENING_AT_ONCE = 64
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection in this process meanwhile (see above): it
     collects once before, so each scenario starts clean, and once after."""
+    was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
         gc.collect()
 
 

@@ -62,11 +62,19 @@ document.addEventListener("htmx:sseClose", (event) => {
 // Follow the growing answer, unless the person scrolled up to read. Where the
 // window is gets read just before each swap, not kept from scroll events: those
 // arrive a frame late, and a swap in between would pull the person back down.
+// A new prompt is followed from its first event, wherever the window was.
 const FOLLOW_SLACK_PX = 80;
 let following = true;
+let newPrompt = false;
+document.addEventListener("htmx:afterRequest", (event) => {
+  if (event.detail.elt.matches("form")) {
+    newPrompt = true; // not the Stop button's POST
+  }
+});
 document.addEventListener("htmx:sseBeforeMessage", () => {
   const fromBottom = document.documentElement.scrollHeight - window.innerHeight - window.scrollY;
-  following = fromBottom < FOLLOW_SLACK_PX;
+  following = newPrompt || fromBottom < FOLLOW_SLACK_PX;
+  newPrompt = false;
 });
 document.addEventListener("htmx:sseMessage", () => {
   if (following) {

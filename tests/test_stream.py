@@ -281,6 +281,18 @@ async def test_pings_keep_a_quiet_stream_alive(start_app):
     assert events[-1].event == "close"
 
 
+async def test_a_stream_that_goes_quiet_after_an_event_is_pinged(start_app):
+    """The pinger skips streams that spoke within a ping interval; one that
+    stops speaking must still get its pings."""
+    provider = ScriptedProvider([Answer("early "), Pause(0.35), Answer("late")])
+    client = await start_app(provider=provider, ping_interval=0.1)
+    uid = await post_prompt(client)
+    text, _, _ = await read_stream(client, uid)
+
+    between = text[text.index("data: early ") : text.index("data: late")]
+    assert between.count(": ping\n\n") >= 2
+
+
 async def test_a_browser_that_left_is_logged_as_abandoned(start_app, caplog):
     caplog.set_level(logging.INFO, logger="stream")
     provider = ScriptedProvider([Answer("Once"), Hang()])

@@ -8,7 +8,7 @@ from playwright.async_api import expect
 
 from providers.events import Answer
 from tests.conftest import Hang, Pause, ScriptedProvider
-from tests.e2e.scripts import CHUNK_PAUSE_S, paced
+from tests.e2e.scripts import CHUNK_PAUSE_S, ByPrompt, paced
 
 CODE = 'print("hello")'
 
@@ -67,11 +67,22 @@ async def scroll_gap(tab) -> float:
     )
 
 
+def long_answer(lines: int, word: str = "Line") -> list:
+    """One line per event, faster than a frame (a scroll event arrives a frame
+    late: a page that trusted it would pull the person back down in between)."""
+    return paced([Answer(f"{word} {n} of a long answer.\n") for n in range(lines)], Pause(0.005))
+
+
+# Scroll to the top and say which line the answer has reached, in one step:
+# the answer must not be able to grow in between.
+SCROLL_UP_AND_COUNT = """(answer) => {
+  window.scrollTo(0, 0);
+  return answer.textContent.match(/Line \\d+ /g).length;
+}"""
+
+
 async def test_page_follows_the_answer_unless_the_person_scrolled_up(tab, serve_app):
-    lines = [Answer(f"Line {n} of a long answer.\n") for n in range(60)]
-    # Lines faster than a frame: a scroll event arrives a frame late, so a page
-    # that trusted it would pull the person back down between scroll and event.
-    provider = ScriptedProvider([*paced(lines, Pause(0.005)), Hang()])
+    provider = ScriptedProvider([*long_answer(200), Hang()])
     served = await serve_app(provider, answer_window=0)
     await tab.page.set_viewport_size({"width": 800, "height": 500})
     await tab.open(served.url)
@@ -80,9 +91,27 @@ async def test_page_follows_the_answer_unless_the_person_scrolled_up(tab, serve_
     await expect(tab.answer).to_contain_text("Line 20 ")
     assert await scroll_gap(tab) < 80  # followed to the bottom
 
-    await tab.page.evaluate("window.scrollTo(0, 0)")  # the person scrolls up to read
-    await expect(tab.answer).to_contain_text("Line 50 ")
+    shown = await tab.answer.evaluate(SCROLL_UP_AND_COUNT)  # the person scrolls up to read
+    assert shown + 20 < 200, "the answer ended before the test could scroll"
+    await expect(tab.answer).to_contain_text(f"Line {shown + 20} ")
     assert await tab.page.evaluate("window.scrollY") == 0  # left where the person is
+
+
+async def test_a_new_prompt_is_followed_even_after_scrolling_up(tab, serve_app):
+    """On a short window (a phone on its side) the form and a new stream are
+    taller than the window: the new answer is followed all the same."""
+    first = ScriptedProvider(long_answer(60))
+    second = ScriptedProvider([*long_answer(60, word="Again"), Hang()])
+    served = await serve_app(ByPrompt({"first": first, "second": second}), answer_window=0)
+    await tab.page.set_viewport_size({"width": 740, "height": 360})
+    await tab.open(served.url)
+    await tab.submit("first")
+    await expect(tab.final).to_contain_text("Line 59 ")
+
+    await tab.page.evaluate("window.scrollTo(0, 0)")  # back up to the form
+    await tab.submit("second")
+    await expect(tab.answer).to_contain_text("Again 40 ")
+    assert await scroll_gap(tab) < 80
 
 
 async def test_layout_fits_a_phone_and_follows_a_dark_theme(tab, serve_app):
