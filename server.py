@@ -871,9 +871,10 @@ class Transcript:
     def answer(self) -> str:
         return "".join(self.answer_pieces)
 
-    def mark_token(self) -> None:
+    def mark_token(self, sent_at: float | None = None) -> None:
+        """Text from the model: the first one starts the clock of the stats."""
         if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
+            self.first_token_at = sent_at or time.monotonic()
 
     def thought(self) -> str:
         """The latest part of the reasoning, cut at a space."""
@@ -977,8 +978,8 @@ class Relay:
                 transcript.mark_token()
                 transcript.reasoning_pieces.append(text)
                 self.thought.poke()
-            case Answer(text) if text:
-                transcript.mark_token()
+            case Answer(text, sent_at) if text:
+                transcript.mark_token(sent_at)  # held text came earlier than now
                 if transcript.reasoning_done_at is None:
                     transcript.reasoning_done_at = time.monotonic()
                     if transcript.reasoning_pieces:

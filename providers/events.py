@@ -40,9 +40,16 @@ class Reasoning:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The next piece of the answer; all pieces joined are the answer, exactly."""
+    """The next piece of the answer; all pieces joined are the answer, exactly.
+
+    ``sent_at`` is set when the text is given out later than the model sent
+    it (held back to tell reasoning from answer: providers/think_tags.py). It
+    is when the first of it came, on ``time.monotonic()``, so that time to
+    first token and tokens per second are the model's, not the hold's.
+    """
 
     text: str
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

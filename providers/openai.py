@@ -62,6 +62,7 @@ import math
 import os
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -272,7 +273,7 @@ class OpenAIProvider:
             total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout
         )
         try:
-            async with asyncio.timeout_at(clock.headers_deadline()):
+            async with clock.timeout(clock.headers_deadline()):
                 return await self._session.post(
                     self.url,
                     json=self._request_body(prompt),
@@ -363,7 +364,7 @@ class OpenAIProvider:
         """Wait for the next read, or for the earliest deadline, and translate what happened."""
         deadline, limit = clock.next_deadline(translator)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with clock.timeout(deadline):
                 data = await anext(chunks, b"")
         except TimeoutError:
             if limit is _Limit.HOLD:
@@ -390,16 +391,20 @@ class _Limit(enum.Enum):
 
 
 class _Clock:
-    """The deadlines of one stream, on the event loop's monotonic clock."""
+    """The deadlines of one stream, on ``time.monotonic()``: the clock of an
+    ``Answer``'s ``sent_at`` and of the server's stats."""
 
     def __init__(self, settings: OpenAISettings) -> None:
         self._settings = settings
-        self._loop = asyncio.get_running_loop()
-        self.started = self._loop.time()
+        self.started = time.monotonic()
         self._last_read = self.started
 
     def now(self) -> float:
-        return self._loop.time()
+        return time.monotonic()
+
+    def timeout(self, deadline: float) -> asyncio.Timeout:
+        """An ``asyncio.timeout`` that expires at ``deadline``."""
+        return asyncio.timeout(deadline - self.now())
 
     def read(self) -> float:
         """Note that bytes arrived (any bytes are life); return the time."""

@@ -22,7 +22,8 @@ not known yet is held back until it is:
    first content) without it, the held text is released as answer and any later
    ``</think>`` is ordinary text. At the end of the stream, held text is the
    answer. ``hold=0`` turns this detection off (untagged text is answer at
-   once); ``hold=math.inf`` always waits for ``</think>`` or the end.
+   once); ``hold=math.inf`` always waits for ``</think>`` or the end. Held
+   text given out as answer says when it came (``Answer.sent_at``).
 3. A tag may arrive split over several pieces (``"<th"`` + ``"ink>"``): a
    trailing piece of text that could be the start of the tag is kept back
    until the next piece settles it.
@@ -72,6 +73,8 @@ class ThinkTagSplitter:
         self._mode = _Mode.UNDECIDED
         self._buffer = ""
         self._hold_until: float | None = None
+        self._first_content_at: float | None = None
+        self._held_since: float | None = None  # when the held text came
         self._after_reasoning = False
         self._answer_started = False
 
@@ -85,6 +88,7 @@ class ThinkTagSplitter:
         if not text:
             return []
         if self._hold_until is None:
+            self._first_content_at = now
             self._hold_until = now + self._hold
         # Text held past its time is answer, whatever this new piece says.
         pieces = self._advance(now)
@@ -141,8 +145,11 @@ class ThinkTagSplitter:
             self._mode = _Mode.THINKING
         elif OPEN_TAG.startswith(start):
             return False
+        elif self._hold > 0:
+            self._mode = _Mode.HOLDING
+            self._held_since = self._first_content_at
         else:
-            self._mode = _Mode.HOLDING if self._hold > 0 else _Mode.ANSWERING
+            self._mode = _Mode.ANSWERING
         return True
 
     def _split_at_close_tag(self, pieces: list[Piece]) -> bool:
@@ -153,6 +160,7 @@ class ThinkTagSplitter:
         pieces += self._reasoning(reasoning)
         self._buffer = rest
         self._mode = _Mode.ANSWERING
+        self._held_since = None  # what was held is reasoning: the answer starts now
         return True
 
     def _reasoning(self, text: str) -> list[Piece]:
@@ -167,4 +175,5 @@ class ThinkTagSplitter:
         if not text:
             return []
         self._answer_started = True
-        return [Answer(text)]
+        sent_at, self._held_since = self._held_since, None  # only the first piece was held
+        return [Answer(text, sent_at)]

@@ -3,10 +3,11 @@
 import asyncio
 import html
 import logging
+import re
 
 from providers.openai import OpenAISettings
 from tests.conftest import post_prompt, read_stream
-from tests.fake_upstream import DONE, chunk, error_body, usage_chunk
+from tests.fake_upstream import DONE, Pause, chunk, error_body, usage_chunk
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -58,6 +59,21 @@ async def test_inline_think_tags_split_across_chunks(start_app, fake_upstream):
 
     assert "Hmm, a greeting." in texts(events, "thought")
     assert "".join(texts(events, "answer_chunk")) == "Hi there"
+
+
+async def test_stats_count_from_when_held_text_came_not_when_it_was_let_go(
+    start_app, fake_upstream
+):
+    """An untagged answer is held back (it might end in an orphan </think>),
+    but the model's time to first token is when its first text came."""
+    hold = 0.5
+    fake_upstream.reply([chunk(content="Hello"), Pause(hold + 0.2), chunk(content=" there"), DONE])
+    client = await start_openai(start_app, fake_upstream, reasoning_hold=hold)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    final = texts(events, "final_answer")[0]
+    ttft = float(re.search(r"first token after ([0-9.]+) s", final).group(1))
+    assert ttft < hold - 0.1  # held for `hold`, but it came at once
 
 
 async def test_upstream_error_mid_stream_keeps_partial_answer_and_says_what(

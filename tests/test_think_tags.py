@@ -77,9 +77,9 @@ def test_held_text_waits_for_the_hold_deadline() -> None:
     assert splitter.feed("Hello", 10.0) == []
     assert splitter.hold_deadline == 10.0 + HOLD
     assert splitter.poll(10.5) == []
-    assert splitter.poll(11.0) == [Answer("Hello")]
+    assert splitter.poll(11.0) == [Answer("Hello", sent_at=10.0)]  # says when it came
     assert splitter.hold_deadline is None
-    assert splitter.feed(" again", 11.1) == [Answer(" again")]
+    assert splitter.feed(" again", 11.1) == [Answer(" again")]  # not held
 
 
 def test_hold_zero_gives_untagged_text_at_once() -> None:
@@ -89,7 +89,7 @@ def test_hold_zero_gives_untagged_text_at_once() -> None:
 
 def test_infinite_hold_waits_for_the_close_tag() -> None:
     out = split([(0, "Long thought"), (3600, "</think>Answer")], hold=math.inf)
-    assert out == [Reasoning("Long thought"), Answer("Answer")]
+    assert out == [Reasoning("Long thought"), Answer("Answer")]  # the answer was not held
 
 
 def test_server_reasoning_turns_tags_off() -> None:
@@ -101,4 +101,4 @@ def test_server_reasoning_turns_tags_off() -> None:
 def test_server_reasoning_after_held_text_releases_it_as_answer() -> None:
     splitter = ThinkTagSplitter(HOLD)
     assert splitter.feed("Early", 0) == []
-    assert splitter.server_reasoning() == [Answer("Early")]
+    assert splitter.server_reasoning() == [Answer("Early", sent_at=0)]
