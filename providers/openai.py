@@ -211,7 +211,8 @@ class OpenAIProvider:
 
     async def _list_models(self) -> list[str] | None:
         """The ids from ``GET {base_url}/models``: None when the server cannot be
-        reached, empty when it answers with no usable list."""
+        reached, empty when it answers with no usable list; ``_CannotStart``
+        when it answers with an error (a wrong base URL, a missing key)."""
         headers = {}
         if self._settings.api_key:
             headers["Authorization"] = f"Bearer {self._settings.api_key}"
@@ -221,7 +222,8 @@ class OpenAIProvider:
                 self._session.get(self.models_url, headers=headers) as response,
             ):
                 if response.status != HTTPStatus.OK:
-                    return []
+                    problem = await self._http_error(response)
+                    raise _CannotStart(f"No model is set, and asking for one failed. {problem}")
                 listing = json.loads(await self._read_capped(response))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError):
             return None
@@ -325,11 +327,15 @@ class OpenAIProvider:
                 return f"The model server refused the API key ({status}). Check OPENAI_API_KEY."
             return f"The model server wants an API key ({status}). Set OPENAI_API_KEY."
         detail = _error_detail(_json_object(await self._read_capped(response)))
+        if detail and detail.strip().lower() == (response.reason or "").lower():
+            detail = None  # {"detail": "Not Found"} says no more than the status
         message = f"The model server answered {status}"
         message += f": {self._clean(detail)}" if detail else "."
         wait = _retry_after_seconds(response.headers)
         if wait is not None:
             message += f" Try again in {max(1, math.ceil(wait))} s."
+        if response.status == HTTPStatus.NOT_FOUND:
+            message += self._base_url_hint()
         return message
 
     async def _not_a_stream(self, response: aiohttp.ClientResponse) -> str:
@@ -337,9 +343,13 @@ class OpenAIProvider:
         kind = response.content_type or "no content type"
         message = f"The model server answered with {kind}, not an event stream"
         message += f" ({self._clean(detail)})." if detail else "."
-        if not self._settings.base_url.rstrip("/").endswith("/v1"):
-            message += " The base URL probably lacks /v1 (as in http://127.0.0.1:8080/v1)."
-        return message
+        return message + self._base_url_hint()
+
+    def _base_url_hint(self) -> str:
+        """For answers that mean "no such path": the usual cause, when it applies."""
+        if self._settings.base_url.rstrip("/").endswith("/v1"):
+            return ""
+        return " Check the base URL: most servers want it to end in /v1 (as in http://127.0.0.1:8080/v1)."
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         """Read at most ``MAX_ERROR_BODY_BYTES`` of a body, giving up after an idle timeout."""
@@ -565,7 +575,8 @@ def _error_detail(payload: dict[str, Any] | None) -> str | None:
     """The message in an error body of any common shape, or None.
 
     ``{"error": {"message": …}}`` (OpenAI and most), ``{"error": "…"}`` (LM
-    Studio, Ollama's native API), ``{"object": "error", "message": …}`` (older vLLM).
+    Studio, Ollama's native API), ``{"object": "error", "message": …}`` (older vLLM),
+    ``{"detail": "…"}`` (FastAPI-based servers such as vLLM, for a path they lack).
     """
     if payload is None:
         return None
@@ -575,7 +586,7 @@ def _error_detail(payload: dict[str, Any] | None) -> str | None:
     elif isinstance(error, str):
         message = error
     else:
-        message = payload.get("message")
+        message = payload.get("message") or payload.get("detail")
     return message if isinstance(message, str) and message.strip() else None
 
 

@@ -5,6 +5,8 @@ import html
 import logging
 import re
 
+import pytest
+
 from providers.openai import OpenAISettings
 from tests.conftest import post_prompt, read_stream
 from tests.fake_upstream import DONE, Pause, chunk, error_body, usage_chunk
@@ -155,6 +157,25 @@ async def test_several_models_and_none_chosen_asks_to_choose(start_app, fake_ups
     assert "Choose a model with --model or OPENAI_MODEL; the server offers: qwen3, llama3.2" in (
         events[-2].data
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "base_url_suffix", "says"),
+    [(404, "", "answered 404 Not Found. Check the base URL: most servers want it to end in /v1"),
+     (401, "/v1", "The model server wants an API key (401 Unauthorized). Set OPENAI_API_KEY.")],
+    ids=["base-url-without-v1", "no-key"],
+)  # fmt: skip
+async def test_no_model_and_a_refused_list_of_models_says_why(
+    start_app, fake_upstream, status, base_url_suffix, says
+):
+    fake_upstream.reply(b'{"detail":"Not Found"}', status=status, content_type="application/json")
+    base_url = fake_upstream.base_url.removesuffix("/v1") + base_url_suffix
+    client = await start_openai(start_app, fake_upstream, model="", base_url=base_url)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    error = texts(events, "error")[0]
+    assert error.startswith("No model is set, and asking for one failed.")
+    assert says in error
 
 
 async def test_no_model_and_an_unreachable_server_says_so(start_app, unused_tcp_port):

@@ -700,6 +700,25 @@ async def test_plain_text_error_body_gives_just_the_status(run: Run) -> None:
     assert result.failure == "The model server answered 404 Not Found."
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"404 page not found", "text/plain"),  # Ollama
+     (b'{"detail":"Not Found"}', "application/json")],  # vLLM (FastAPI)
+    ids=["ollama", "vllm"],
+)  # fmt: skip
+async def test_a_base_url_without_v1_gets_a_hint_on_404(
+    fake_upstream: FakeUpstream, run: Run, body: bytes, content_type: str
+) -> None:
+    result = await run(
+        body, status=404, content_type=content_type,
+        settings={"base_url": fake_upstream.base_url.removesuffix("/v1")},
+    )  # fmt: skip
+    assert result.failure == (
+        "The model server answered 404 Not Found. Check the base URL: most servers want it "
+        "to end in /v1 (as in http://127.0.0.1:8080/v1)."
+    )
+
+
 # --- reaching the server ---
 
 
