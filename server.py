@@ -317,15 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = Config()
     for option in OPTIONS:
-        where = f"env {option.env}; " if option.env else ""
-        default = option.default(defaults)
         if option.convert is bool:
             parser.add_argument(option.flag, action="store_const", const=True, help=option.help)
             continue
-        shown = "" if option.flag == "--provider" else f"{where}default {default}"
+        notes = [f"env {option.env}"] if option.env else []
+        if "default:" not in option.help:  # else the help explains a default that depends
+            notes.append(f"default {option.default(defaults)}")
         parser.add_argument(
             option.flag,
-            help=f"{option.help} ({shown})" if shown else option.help,
+            help=f"{option.help} ({'; '.join(notes)})" if notes else option.help,
             choices=["demo", "openai"] if option.flag == "--provider" else None,
         )
     return parser
@@ -1401,10 +1401,20 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
 GC_THRESHOLDS = (10_000, 10, 100)
 
 
+def answers_from(config: Config) -> str:
+    """Where answers come from, for the start-up log (never a key or password)."""
+    if config.provider != "openai":
+        return f"the {config.provider} provider"
+    settings = config.openai
+    where = URL(settings.base_url).with_user(None)  # a URL may carry credentials
+    model = settings.model or "the one it lists (asked at the first prompt)"
+    return f"the model server at {where}, model {model}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv if argv is not None else sys.argv[1:], os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    log.info("answers come from the %s provider", config.provider)
+    log.info("answers come from %s", answers_from(config))
     app = make_app(config)
     gc.freeze()  # the modules and the app live as long as the process: never scan them again
     gc.set_threshold(*GC_THRESHOLDS)

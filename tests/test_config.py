@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from providers.openai import DEFAULT_BASE_URL
-from server import Config, build_parser, parse_config
+from server import Config, answers_from, build_parser, parse_config
 
 
 def test_defaults_run_the_demo_on_loopback():
@@ -114,3 +114,18 @@ def test_help_documents_every_option():
     for variable in ["HOST", "PORT", "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"]:
         assert variable in result.stdout
     assert set(vars(Config())) >= {"host", "port", "provider", "openai"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "said"),
+    [([], {}, "the demo provider"),
+     (["--base-url", "http://user:pw@127.0.0.1:11434/v1", "--model", "qwen3"],
+      {"OPENAI_API_KEY": "sk-secret"},
+      "the model server at http://127.0.0.1:11434/v1, model qwen3"),
+     (["--base-url", "http://127.0.0.1:8091/v1"], {},
+      "the model server at http://127.0.0.1:8091/v1, "
+      "model the one it lists (asked at the first prompt)")],
+    ids=["demo", "with-model", "model-discovered"],
+)  # fmt: skip
+def test_start_up_log_says_where_answers_come_from_without_secrets(argv, environ, said):
+    assert answers_from(parse_config(argv, environ)) == said

@@ -45,6 +45,17 @@ async def test_upstream_failure_keeps_the_partial_answer_and_says_what_went_wron
     assert not tab.problems(SSE_ERROR_EVENT_LINE)
 
 
+async def test_a_failure_before_any_text_shows_the_error_and_no_empty_answer_box(tab, serve_app):
+    served = await serve_app(ScriptedProvider([Failure(UPSTREAM_GONE)]))
+    await tab.open(served.url)
+    await tab.submit("Anything.")
+
+    await expect(tab.alert).to_have_text(UPSTREAM_GONE)
+    await tab.wait_until_stream_closed()
+    await expect(tab.response.locator(".final-container")).to_be_hidden()
+    assert not tab.problems(SSE_ERROR_EVENT_LINE)
+
+
 @pytest.mark.parametrize("when", ["at-once", "while-the-first-answer-streams"])
 async def test_asking_again_ends_the_first_stream_and_shows_only_the_second_answer(
     tab, serve_app, when
