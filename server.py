@@ -152,6 +152,24 @@ def not_negative(text: str) -> float:
     return value
 
 
+def http_url(text: str) -> str:
+    try:
+        url = URL(text)
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an http(s) URL, as in http://127.0.0.1:8080/v1")
+    return text
+
+
+def public_url(text: str) -> str:
+    """A URL fit to show or log: without user, password or query (which may carry a key)."""
+    try:
+        return str(URL(text).with_user(None).with_query(None).with_fragment(None))
+    except ValueError:
+        return "(not a valid URL)"
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its flag, its environment variable (if any), how to read it."""
@@ -183,7 +201,7 @@ OPTIONS = (
     Option(
         "--base-url",
         "OPENAI_BASE_URL",
-        str,
+        http_url,
         "the OpenAI-compatible API, e.g. http://localhost:11434/v1 for Ollama",
         section="openai",
     ),
@@ -773,7 +791,7 @@ async def index(request: web.Request) -> dict[str, Any]:
     provider = request.app[PROVIDER]
     return {
         "provider": provider,
-        "config": config,
+        "model_server": public_url(config.openai.base_url),
         "scripts": {script.filename: script for script in VENDOR_SCRIPTS},
         "script_urls": request.app[VENDOR],
     }
@@ -872,9 +890,10 @@ class Transcript:
         return "".join(self.answer_pieces)
 
     def mark_token(self, sent_at: float | None = None) -> None:
-        """Text from the model: the first one starts the clock of the stats."""
+        """Text from the model: the first starts the stats' clock, from when it
+        came (held text comes out later: ``sent_at`` says when it came)."""
         if self.first_token_at is None:
-            self.first_token_at = sent_at or time.monotonic()
+            self.first_token_at = time.monotonic() if sent_at is None else sent_at
 
     def thought(self) -> str:
         """The latest part of the reasoning, cut at a space."""
@@ -974,12 +993,12 @@ class Relay:
             case Status(text):
                 self.thought.discard()  # the status is newer than any pending reasoning
                 self.stream.append("thought", escape_text(text))
-            case Reasoning(text) if text:
-                transcript.mark_token()
+            case Reasoning(text, sent_at) if text:
+                transcript.mark_token(sent_at)
                 transcript.reasoning_pieces.append(text)
                 self.thought.poke()
             case Answer(text, sent_at) if text:
-                transcript.mark_token(sent_at)  # held text came earlier than now
+                transcript.mark_token(sent_at)
                 if transcript.reasoning_done_at is None:
                     transcript.reasoning_done_at = time.monotonic()
                     if transcript.reasoning_pieces:
@@ -1406,9 +1425,8 @@ def answers_from(config: Config) -> str:
     if config.provider != "openai":
         return f"the {config.provider} provider"
     settings = config.openai
-    where = URL(settings.base_url).with_user(None)  # a URL may carry credentials
     model = settings.model or "the one it lists (asked at the first prompt)"
-    return f"the model server at {where}, model {model}"
+    return f"the model server at {public_url(settings.base_url)}, model {model}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -33,9 +33,13 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class Reasoning:
-    """The next piece of the model's visible reasoning ("thinking")."""
+    """The next piece of the model's visible reasoning ("thinking").
+
+    ``sent_at``: as for ``Answer``, below.
+    """
 
     text: str
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

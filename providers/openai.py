@@ -223,7 +223,10 @@ class OpenAIProvider:
             ):
                 if response.status != HTTPStatus.OK:
                     problem = await self._http_error(response)
-                    raise _CannotStart(f"No model is set, and asking for one failed. {problem}")
+                    raise _CannotStart(
+                        f"No model is set, and asking for one failed. {problem} "
+                        "(Or name one with --model or OPENAI_MODEL.)"
+                    )
                 listing = json.loads(await self._read_capped(response))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError):
             return None
@@ -330,12 +333,12 @@ class OpenAIProvider:
         if detail and detail.strip().lower() == (response.reason or "").lower():
             detail = None  # {"detail": "Not Found"} says no more than the status
         message = f"The model server answered {status}"
-        message += f": {self._clean(detail)}" if detail else "."
+        message += f": {_sentence(self._clean(detail))}" if detail else "."
         wait = _retry_after_seconds(response.headers)
         if wait is not None:
             message += f" Try again in {max(1, math.ceil(wait))} s."
-        if response.status == HTTPStatus.NOT_FOUND:
-            message += self._base_url_hint()
+        if response.status == HTTPStatus.NOT_FOUND and not detail:
+            message += self._base_url_hint()  # a bare 404: most likely the path
         return message
 
     async def _not_a_stream(self, response: aiohttp.ClientResponse) -> str:
@@ -346,8 +349,10 @@ class OpenAIProvider:
         return message + self._base_url_hint()
 
     def _base_url_hint(self) -> str:
-        """For answers that mean "no such path": the usual cause, when it applies."""
-        if self._settings.base_url.rstrip("/").endswith("/v1"):
+        """For answers that mean "no such path": the usual cause, when it applies
+        (a base URL with a version in its path, /v1 or Gemini's /v1beta/openai,
+        has its version)."""
+        if _VERSION_SEGMENT.search(URL(self._settings.base_url).path):
             return ""
         return " Check the base URL: most servers want it to end in /v1 (as in http://127.0.0.1:8080/v1)."
 
@@ -560,6 +565,13 @@ class _Translator:
 
 
 # --- reading JSON ---
+
+_VERSION_SEGMENT = re.compile(r"/v\d")  # /v1, /v1beta, /v4: an API version in a path
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending like a sentence, so that another may follow it."""
+    return text if text.endswith((".", "!", "?", "…")) else text + "."
 
 
 def _json_object(text: str | bytes) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ not known yet is held back until it is:
    ``</think>`` is ordinary text. At the end of the stream, held text is the
    answer. ``hold=0`` turns this detection off (untagged text is answer at
    once); ``hold=math.inf`` always waits for ``</think>`` or the end. Held
-   text given out as answer says when it came (``Answer.sent_at``).
+   text, given out as answer or reasoning, says when it came (``sent_at``).
 3. A tag may arrive split over several pieces (``"<th"`` + ``"ink>"``): a
    trailing piece of text that could be the start of the tag is kept back
    until the next piece settles it.
@@ -160,14 +160,14 @@ class ThinkTagSplitter:
         pieces += self._reasoning(reasoning)
         self._buffer = rest
         self._mode = _Mode.ANSWERING
-        self._held_since = None  # what was held is reasoning: the answer starts now
+        self._held_since = None  # whatever was held is out: the answer comes as it comes
         return True
 
     def _reasoning(self, text: str) -> list[Piece]:
         if not text:
             return []
         self._after_reasoning = True
-        return [Reasoning(text)]
+        return [Reasoning(text, self._take_held_since())]
 
     def _answer(self, text: str) -> list[Piece]:
         if self._after_reasoning and not self._answer_started:
@@ -175,5 +175,9 @@ class ThinkTagSplitter:
         if not text:
             return []
         self._answer_started = True
-        sent_at, self._held_since = self._held_since, None  # only the first piece was held
-        return [Answer(text, sent_at)]
+        return [Answer(text, self._take_held_since())]
+
+    def _take_held_since(self) -> float | None:
+        """When the held text came, for the first piece given out of it (once)."""
+        held_since, self._held_since = self._held_since, None
+        return held_since

@@ -66,7 +66,10 @@ BAD_VALUES = [
     (["--max-duration", "inf"], {}, "--max-duration: 'inf' is not valid"),
     ([], {"OPENAI_TEMPERATURE": "-1"}, "not negative"),
     (["--provider", "claude"], {}, "invalid choice: 'claude'"),
-]
+    ([], {"OPENAI_BASE_URL": "localhost:11434/v1"},
+     "OPENAI_BASE_URL: 'localhost:11434/v1' is not valid (must be an http(s) URL"),
+    (["--base-url", "http://[::1"], {}, "--base-url: 'http://[::1' is not valid (not a URL)"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "env", "message"), BAD_VALUES)
@@ -122,10 +125,12 @@ def test_help_documents_every_option():
      (["--base-url", "http://user:pw@127.0.0.1:11434/v1", "--model", "qwen3"],
       {"OPENAI_API_KEY": "sk-secret"},
       "the model server at http://127.0.0.1:11434/v1, model qwen3"),
+     (["--base-url", "https://me:pw@models.example/v1?key=k#x"], {"OPENAI_MODEL": "m"},
+      "the model server at https://models.example/v1, model m"),
      (["--base-url", "http://127.0.0.1:8091/v1"], {},
       "the model server at http://127.0.0.1:8091/v1, "
       "model the one it lists (asked at the first prompt)")],
-    ids=["demo", "with-model", "model-discovered"],
+    ids=["demo", "with-model", "credentials-and-query", "model-discovered"],
 )  # fmt: skip
 def test_start_up_log_says_where_answers_come_from_without_secrets(argv, environ, said):
     assert answers_from(parse_config(argv, environ)) == said

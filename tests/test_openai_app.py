@@ -3,6 +3,7 @@
 import asyncio
 import html
 import logging
+import math
 import re
 
 import pytest
@@ -73,9 +74,26 @@ async def test_stats_count_from_when_held_text_came_not_when_it_was_let_go(
     client = await start_openai(start_app, fake_upstream, reasoning_hold=hold)
     _, events, _ = await read_stream(client, await post_prompt(client))
 
+    assert ttft_of(events) < hold - 0.1  # held for `hold`, but it came at once
+
+
+async def test_stats_count_from_when_held_text_came_when_it_was_reasoning(start_app, fake_upstream):
+    """Held text that an orphan </think> shows to be reasoning came first too."""
+    thinking = 0.5
+    fake_upstream.reply(
+        [chunk(content="Let me see."), Pause(thinking), chunk(content="</think>Yes."), DONE]
+    )
+    client = await start_openai(start_app, fake_upstream, reasoning_hold=math.inf)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    assert "".join(texts(events, "answer_chunk")) == "Yes."
+    assert ttft_of(events) < thinking - 0.1
+
+
+def ttft_of(events) -> float:
+    """The time to first token in the final answer's stats line."""
     final = texts(events, "final_answer")[0]
-    ttft = float(re.search(r"first token after ([0-9.]+) s", final).group(1))
-    assert ttft < hold - 0.1  # held for `hold`, but it came at once
+    return float(re.search(r"first token after ([0-9.]+) s", final).group(1))
 
 
 async def test_upstream_error_mid_stream_keeps_partial_answer_and_says_what(
@@ -162,8 +180,9 @@ async def test_several_models_and_none_chosen_asks_to_choose(start_app, fake_ups
 @pytest.mark.parametrize(
     ("status", "base_url_suffix", "says"),
     [(404, "", "answered 404 Not Found. Check the base URL: most servers want it to end in /v1"),
-     (401, "/v1", "The model server wants an API key (401 Unauthorized). Set OPENAI_API_KEY.")],
-    ids=["base-url-without-v1", "no-key"],
+     (401, "/v1", "The model server wants an API key (401 Unauthorized). Set OPENAI_API_KEY."),
+     (500, "/v1", "answered 500 Internal Server Error: Not Found. (Or name one with --model")],
+    ids=["base-url-without-v1", "no-key", "server-error"],
 )  # fmt: skip
 async def test_no_model_and_a_refused_list_of_models_says_why(
     start_app, fake_upstream, status, base_url_suffix, says
@@ -176,6 +195,17 @@ async def test_no_model_and_a_refused_list_of_models_says_why(
     error = texts(events, "error")[0]
     assert error.startswith("No model is set, and asking for one failed.")
     assert says in error
+
+
+async def test_the_page_never_shows_credentials_or_a_query_of_the_base_url(
+    start_app, unused_tcp_port
+):
+    base_url = f"http://me:hunter2@127.0.0.1:{unused_tcp_port}/v1?api-key=sk-in-url"
+    client = await start_app("openai", openai=OpenAISettings(base_url=base_url, model=""))
+    page = await (await client.get("/")).text()
+
+    assert f"<code>http://127.0.0.1:{unused_tcp_port}/v1</code>" in page
+    assert "hunter2" not in page and "sk-in-url" not in page
 
 
 async def test_no_model_and_an_unreachable_server_says_so(start_app, unused_tcp_port):

@@ -719,6 +719,22 @@ async def test_a_base_url_without_v1_gets_a_hint_on_404(
     )
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1", b"404 page not found"),  # has /v1: the path is not the problem
+     ("/v1beta/openai", b"404 page not found"),  # Gemini's: a version of its own
+     ("", _openai_shape("The model 'gpt-9' does not exist"))],  # a reason is given
+    ids=["v1", "v1beta", "with-detail"],
+)  # fmt: skip
+async def test_a_404_gets_no_base_url_hint_when_the_base_url_is_not_the_cause(
+    fake_upstream: FakeUpstream, run: Run, path: str, body: bytes
+) -> None:
+    base_url = fake_upstream.base_url.removesuffix("/v1") + path
+    result = await run(body, status=404, content_type="text/plain", settings={"base_url": base_url})
+    assert result.failure is not None and "404 Not Found" in result.failure
+    assert "Check the base URL" not in result.failure
+
+
 # --- reaching the server ---
 
 

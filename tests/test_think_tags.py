@@ -89,7 +89,8 @@ def test_hold_zero_gives_untagged_text_at_once() -> None:
 
 def test_infinite_hold_waits_for_the_close_tag() -> None:
     out = split([(0, "Long thought"), (3600, "</think>Answer")], hold=math.inf)
-    assert out == [Reasoning("Long thought"), Answer("Answer")]  # the answer was not held
+    # The held text was reasoning, and says when it came; the answer was not held.
+    assert out == [Reasoning("Long thought", sent_at=0), Answer("Answer")]
 
 
 def test_server_reasoning_turns_tags_off() -> None:
