@@ -72,8 +72,7 @@ class ThinkTagSplitter:
         self._hold = hold
         self._mode = _Mode.UNDECIDED
         self._buffer = ""
-        self._hold_until: float | None = None
-        self._first_content_at: float | None = None
+        self._first_content_at: float | None = None  # the hold counts from here
         self._held_since: float | None = None  # when the held text came
         self._after_reasoning = False
         self._answer_started = False
@@ -81,15 +80,16 @@ class ThinkTagSplitter:
     @property
     def hold_deadline(self) -> float | None:
         """When held text becomes answer, if text is being held; ``poll()`` then."""
-        return self._hold_until if self._mode is _Mode.HOLDING else None
+        if self._mode is not _Mode.HOLDING:
+            return None
+        return self._first_content_at + self._hold
 
     def feed(self, text: str, now: float) -> list[Piece]:
         """Take the next piece of content; return what can be given out now."""
         if not text:
             return []
-        if self._hold_until is None:
+        if self._first_content_at is None:
             self._first_content_at = now
-            self._hold_until = now + self._hold
         # Text held past its time is answer, whatever this new piece says.
         pieces = self._advance(now)
         self._buffer += text
@@ -125,7 +125,7 @@ class ThinkTagSplitter:
                     break
             elif self._mode is _Mode.HOLDING:
                 if not self._split_at_close_tag(pieces):
-                    if now < self._hold_until:
+                    if now < self.hold_deadline:
                         break
                     self._mode = _Mode.ANSWERING
             else:
