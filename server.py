@@ -22,6 +22,7 @@ Events on /response-stream, each with an ``id:``, in this order:
     close          always last, with an empty data line; the page disconnects
 plus ``retry: 1000`` first and a ``: ping`` comment when the stream is quiet.
 Every payload is HTML-escaped text: model output is never trusted as markup.
+Each event is born in one function, in "the five events" below.
 
 How a stream lives
     The first GET for a uid starts a *producer* task that runs the provider and
@@ -30,16 +31,17 @@ How a stream lives
     after that event. When the last listener leaves, the generation goes on
     for --grace-period seconds, then is cancelled and the upstream released.
 
-Limits (each a flag; see --help and the README)
-    prompt length and POST body size; prompts waiting, streams in all and per
-    client IP, prompts per client IP per minute; how long an answer may take;
-    how long a browser may read nothing. APP_PASSWORD protects everything but
-    /healthz; POSTs from other sites are refused.
+Reading this file
+    From the top down to the banner, the code follows a prompt's path: SSE
+    framing, the five events, the stream log and the store, the page and the
+    bridge, producing, listening, the app. Below the banner is what keeps a
+    public server safe and fast: limits, pacing, slow clients, access, security
+    headers, Markdown, the vendored htmx, health, shutdown, configuration, the
+    garbage collector and ``main``. Safe to skip on a first reading.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import gc
@@ -57,16 +59,18 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
 from markupsafe import Markup
 from yarl import URL
 
+import settings
 from providers.demo import DemoProvider
 from providers.events import (
     Answer,
@@ -79,6 +83,18 @@ from providers.events import (
     Usage,
 )
 from providers.openai import OpenAIProvider, OpenAISettings, make_connector
+from settings import (
+    ACCESS,
+    LIMITS,
+    SERVER,
+    TUNING,
+    not_negative,
+    port_number,
+    positive,
+    read_settings,
+    setting,
+    text_or_none,
+)
 
 log = logging.getLogger("stream")
 
@@ -87,299 +103,15 @@ TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 NODE_MODULES = HERE / "node_modules"
 
-# --- configuration -------------------------------------------------------------------
+# The app's state: what a handler finds in `request.app[KEY]`, one typed key each.
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
+VENDOR: web.AppKey[dict[str, str]] = web.AppKey("vendor")  # script file name -> its URL
+SECURITY_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("security_headers")
 
 
-@dataclass(frozen=True)
-class Config:
-    """Everything the app can be told; ``parse_config`` fills it from flags and env."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    provider: str = "demo"
-    openai: OpenAISettings = field(default_factory=OpenAISettings)  # its own defaults
-    # The demo provider: its pause per word, about a fast model's pace.
-    demo_delay: float = 0.03
-    # The stream and the store.
-    ping_interval: float = 15.0  # keeps proxies from closing a quiet stream
-    uid_ttl: float = 60.0  # how long a prompt waits for its stream to be opened
-    max_pending: int = 1000  # prompts waiting for their stream, at most
-    max_prompt_chars: int = 8000
-    max_body_bytes: int = 64 * 1024
-    grace_period: float = 5.0  # generation goes on this long after the last listener leaves
-    write_timeout: float = 10.0  # a browser that reads nothing for this long is dropped
-    max_duration: float = 600.0
-    max_streams: int = 200  # answers pending or streaming, for everyone together
-    max_streams_per_client: int = 4
-    prompts_per_minute: int = 30  # per client
-    # Pacing: answer text waits at most this long to be sent with what follows it,
-    # and the thought line changes at most once per thought_interval.
-    answer_window: float = 0.04
-    thought_interval: float = 0.25
-    # Access.
-    password: str | None = field(default=None, repr=False)  # APP_PASSWORD, env only
-    trust_proxy: bool = False
-    log_prompts: bool = False
-
-
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A converter that accepts only numbers above zero."""
-
-    def convert(text: str) -> Any:
-        value = kind(text)
-        if not value > 0 or not math.isfinite(value):  # `not >` also refuses nan
-            raise ValueError(f"must be a number above zero, not {text}")
-        return value
-
-    convert.__name__ = f"positive {kind.__name__}"  # named in error messages
-    return convert
-
-
-MAX_PORT = 65535
-
-
-def port_number(text: str) -> int:
-    port = int(text)
-    if not 1 <= port <= MAX_PORT:
-        raise ValueError(f"must be between 1 and {MAX_PORT}")
-    return port
-
-
-def not_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):  # `not >=` also refuses nan
-        raise ValueError(f"must be a finite number, not negative, not {text}")
-    return value
-
-
-def http_url(text: str) -> str:
-    try:
-        url = URL(text)
-    except ValueError:
-        raise ValueError("not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an http(s) URL, as in http://127.0.0.1:8080/v1")
-    return text
-
-
-def public_url(text: str) -> str:
-    """A URL fit to show or log: without user, password or query (which may carry a key)."""
-    try:
-        return str(URL(text).with_user(None).with_query(None).with_fragment(None))
-    except ValueError:
-        return "(not a valid URL)"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its flag, its environment variable (if any), how to read it."""
-
-    flag: str
-    env: str | None
-    convert: Callable[[str], Any]
-    help: str
-    section: str | None = None  # "openai": a field of Config.openai, not of Config
-
-    @property
-    def field(self) -> str:
-        return self.flag.removeprefix("--").replace("-", "_")
-
-    def default(self, config: Config) -> Any:
-        return getattr(getattr(config, self.section) if self.section else config, self.field)
-
-
-OPTIONS = (
-    Option("--host", "HOST", str, "address to listen on"),
-    Option("--port", "PORT", port_number, "port to listen on"),
-    Option(
-        "--provider",
-        None,
-        str,
-        "where answers come from: demo (offline) or openai (any OpenAI-compatible "
-        "server); default: openai when a base URL or key is set, else demo",
-    ),
-    Option(
-        "--base-url",
-        "OPENAI_BASE_URL",
-        http_url,
-        "the OpenAI-compatible API, e.g. http://localhost:11434/v1 for Ollama",
-        section="openai",
-    ),
-    Option(
-        "--model",
-        "OPENAI_MODEL",
-        str,
-        "the model to ask; default: the only one the server lists",
-        section="openai",
-    ),
-    Option(
-        "--system-prompt",
-        "OPENAI_SYSTEM_PROMPT",
-        str,
-        "the system message; empty for none",
-        section="openai",
-    ),
-    Option(
-        "--temperature",
-        "OPENAI_TEMPERATURE",
-        not_negative,
-        "sampling temperature; default: the server's",
-        section="openai",
-    ),
-    Option(
-        "--max-tokens",
-        "OPENAI_MAX_TOKENS",
-        positive(int),
-        "longest answer, in tokens; default: the server's",
-        section="openai",
-    ),
-    Option(
-        "--connect-timeout",
-        None,
-        positive(float),
-        "seconds to wait for a connection to the model server",
-        section="openai",
-    ),
-    Option(
-        "--first-token-timeout",
-        None,
-        positive(float),
-        "seconds to wait for the first reasoning or answer text",
-        section="openai",
-    ),
-    Option(
-        "--idle-timeout",
-        None,
-        positive(float),
-        "seconds of silence from the model server (comments count as life) before giving up",
-        section="openai",
-    ),
-    Option(
-        "--reasoning-hold",
-        None,
-        not_negative,
-        "seconds untagged text is held back in "
-        "case a </think> follows (0 = off; see providers/think_tags.py)",
-        section="openai",
-    ),
-    Option(
-        "--demo-delay", None, not_negative, "seconds the demo provider waits per word (0 = instant)"
-    ),
-    Option(
-        "--ping-interval", None, positive(float), "seconds between ': ping' comments on a stream"
-    ),
-    Option(
-        "--uid-ttl",
-        None,
-        positive(float),
-        "seconds a prompt waits for its stream before it expires",
-    ),
-    Option("--max-pending", None, positive(int), "prompts that may wait for their stream at once"),
-    Option("--max-prompt-chars", None, positive(int), "longest prompt accepted, in characters"),
-    Option("--max-body-bytes", None, positive(int), "largest POST body accepted, in bytes"),
-    Option(
-        "--grace-period",
-        None,
-        not_negative,
-        "seconds a generation goes on after its "
-        "browser left, waiting for it to reconnect (0 = stop at once)",
-    ),
-    Option(
-        "--write-timeout",
-        None,
-        positive(float),
-        "seconds a browser may read nothing before its stream is dropped",
-    ),
-    Option("--max-duration", None, positive(float), "longest a single answer may take, in seconds"),
-    Option(
-        "--max-streams", None, positive(int), "answers waiting or streaming at once, for everyone"
-    ),
-    Option(
-        "--max-streams-per-client",
-        None,
-        positive(int),
-        "answers waiting or streaming at once for one client IP",
-    ),
-    Option(
-        "--prompts-per-minute", None, positive(int), "prompts one client IP may send per minute"
-    ),
-    Option(
-        "--answer-window",
-        None,
-        not_negative,
-        "seconds answer text may wait to be sent "
-        "together with what follows (0 = every piece at once)",
-    ),
-    Option(
-        "--thought-interval",
-        None,
-        not_negative,
-        "least seconds between two updates of the thought line",
-    ),
-    Option(
-        "--trust-proxy",
-        None,
-        bool,
-        "take the client IP from X-Forwarded-For (only behind your own reverse proxy)",
-    ),
-    Option("--log-prompts", None, bool, "write each prompt's text in its stream's log line"),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Stream a model's thoughts and answer into the browser (HTMX + SSE).",
-        epilog="A flag beats its environment variable, which beats the default. "
-        "OPENAI_API_KEY and APP_PASSWORD (which protects the whole app) are read from the "
-        "environment only, so they never show in `ps`.",
-    )
-    defaults = Config()
-    for option in OPTIONS:
-        if option.convert is bool:
-            parser.add_argument(option.flag, action="store_const", const=True, help=option.help)
-            continue
-        notes = [f"env {option.env}"] if option.env else []
-        if "default:" not in option.help:  # else the help explains a default that depends
-            notes.append(f"default {option.default(defaults)}")
-        parser.add_argument(
-            option.flag,
-            help=f"{option.help} ({'; '.join(notes)})" if notes else option.help,
-            choices=["demo", "openai"] if option.flag == "--provider" else None,
-        )
-    return parser
-
-
-def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
-    """Read flags, then environment variables, then defaults, in that order of precedence."""
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    openai: dict[str, Any] = {"api_key": environ.get("OPENAI_API_KEY") or None}
-    for option in OPTIONS:
-        source, text = option.flag, args[option.field]
-        if text is None and option.env:
-            source, text = option.env, environ.get(option.env)
-        if text is None:
-            continue  # the default
-        into = openai if option.section else values
-        if option.convert is bool:
-            into[option.field] = True
-            continue
-        try:
-            into[option.field] = option.convert(text)
-        except ValueError as problem:
-            parser.error(f"{source}: {text!r} is not valid ({problem})")
-
-    if openai.get("system_prompt") == "":
-        openai["system_prompt"] = None
-    values["password"] = environ.get("APP_PASSWORD") or None
-    if "provider" not in values:
-        configured = "base_url" in openai or openai["api_key"]
-        values["provider"] = "openai" if configured else "demo"
-    return Config(openai=OpenAISettings(**openai), **values)
-
-
-# --- SSE framing ---------------------------------------------------------------------
+# --- SSE framing --------------------------------------------------------------------------
 
 # The line breaks of the SSE format. str.splitlines() would also split on
 # characters such as U+2028 that the browser keeps inside a line.
@@ -415,12 +147,45 @@ def escape_text(text: str) -> str:
     return html.escape(text).replace("\r", "&#13;")
 
 
-# --- the store of streams ------------------------------------------------------------
+# --- the five events ----------------------------------------------------------------------
+# Each event of the contract is made here and nowhere else; templates/stream.html
+# has the page's listener for each (`sse-swap="<name>"`).
 
 
-RATE_WINDOW_S = 60.0  # prompts_per_minute counts the prompts of the last minute
-TRY_LATER = "Please try again in a few seconds."
-RETRY = {"Retry-After": "5"}
+class Event(NamedTuple):
+    """An SSE event before it gets its id: its name, and its data (HTML)."""
+
+    name: str
+    data: str
+
+
+def thought_event(text: str) -> Event:
+    """The reasoning so far (its latest part) or a status line; it replaces the last."""
+    return Event("thought", escape_text(text))
+
+
+def answer_chunk_event(text: str) -> Event:
+    """The next piece of the answer; the page appends it."""
+    return Event("answer_chunk", escape_text(text))
+
+
+def final_answer_event(rendered: str) -> Event:
+    """The whole answer, rendered (templates/final_answer.html); it replaces the box."""
+    return Event("final_answer", rendered)
+
+
+def error_event(message: str) -> Event:
+    """What went wrong, in words for the person; sent instead of final_answer."""
+    return Event("error", escape_text(message))
+
+
+def close_event() -> Event:
+    """Always last. Its data line is empty but present: without one the browser
+    never dispatches the event, reconnects, and the answer streams again."""
+    return Event("close", "")
+
+
+# --- the stream log and the store ---------------------------------------------------------
 
 
 class Refusal(Exception):
@@ -467,26 +232,36 @@ class Stream:
         self.stop_reason: str | None = None  # set when we end the generation on purpose
         self.timer: asyncio.TimerHandle | None = None  # ends it when nobody comes back
         self.last_event_at = self.created  # for the pinger: quiet streams need a ping
-        self._thought_at: int | None = None
+        self._latest: dict[str, int] = {}  # event name -> the frame a newer one replaces
         self._changed = asyncio.Event()
 
     @property
     def generating(self) -> bool:
         return self.producer is not None and not self.closed
 
-    def append(self, event: str, data: str) -> None:
+    def append(self, event: Event, *, replaces_previous: bool = False) -> None:
+        """Add the next event and wake the listeners.
+
+        ``replaces_previous``: the page shows only the newest event of this
+        name, so a browser that comes back needs no older one. The log forgets
+        it, and stays as small as the answer.
+        """
         if self.closed:
             return  # nothing follows `close`
-        self.frames.append(format_event(event, data, len(self.frames) + 1))
-        if event == "thought":
-            # The page shows only the latest thought, so a browser that comes
-            # back needs no older one: forget it, and memory stays flat.
-            if self._thought_at is not None:
-                self.frames[self._thought_at] = None
-            self._thought_at = len(self.frames) - 1
-        self.closed = event == "close"
+        frames = self.frames
+        frames.append(format_event(event.name, event.data, len(frames) + 1))
+        if replaces_previous:
+            older = self._latest.get(event.name)
+            if older is not None:
+                frames[older] = None
+            self._latest[event.name] = len(frames) - 1
         self.last_event_at = time.monotonic()
         self.wake()
+
+    def end(self) -> None:
+        """Append `close`: the log is complete, and nothing can follow."""
+        self.append(close_event())
+        self.closed = True
 
     def frames_after(self, event_id: int) -> bytes:
         return b"".join(frame for frame in self.frames[event_id:] if frame is not None)
@@ -503,7 +278,7 @@ class Stream:
 
     def stop(self, reason: str) -> None:
         """End the generation on purpose; the producer says why in the stream."""
-        if self.generating and self.stop_reason is None:
+        if self.producer is not None and not self.closed and self.stop_reason is None:
             self.stop_reason = reason
             self.producer.cancel()
 
@@ -511,23 +286,22 @@ class Stream:
 class Store:
     """Every stream, by uid, from the POST that makes it until it is over.
 
-    A stream is *pending* until its first GET starts the producer. A second GET
-    is refused unless it resumes (``Last-Event-ID``). When the last listener
-    leaves, the generation goes on for ``grace`` seconds in case the browser
-    comes back, then stops. The entry goes away ``grace`` seconds after its
-    last listener left (even one that wrote `close`: the connection may have
-    dropped before the browser read it), or when a pending prompt waited longer
-    than ``ttl``. The coroutines change entries under one asyncio lock; the
-    grace timer's callback runs between two awaits, so it never sees one
-    half-changed.
+    A stream is *pending* until its first GET claims it and starts the
+    producer. A second GET is refused unless it resumes (``Last-Event-ID``).
+    When the last listener leaves, the generation goes on for ``grace``
+    seconds in case the browser comes back, then stops. The entry goes away
+    ``grace`` seconds after its last listener left (even one that wrote
+    `close`: the connection may have dropped before the browser read it), or
+    when a pending prompt waited longer than ``ttl``. Coroutines change
+    entries holding ``lock``; the grace timer's callback runs between two
+    awaits, so it never sees one half-changed.
     """
 
-    def __init__(self, config: Config, start: Callable[[Stream], asyncio.Task[None]]) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self._start = start
+        self.limits = Limits(config)
+        self.lock = asyncio.Lock()
         self._streams: dict[str, Stream] = {}
-        self._recent: dict[str, deque[float]] = {}  # each client's prompts in the last minute
-        self._lock = asyncio.Lock()
 
     @staticmethod
     def new_uid() -> str:
@@ -549,63 +323,37 @@ class Store:
 
     async def add(self, prompt: str, client: str) -> str:
         """Store a prompt for ``client``; its new uid, or a Refusal naming the limit."""
-        async with self._lock:
-            self._check_limits(client)
+        async with self.lock:
+            active = [stream for stream in self._streams.values() if not stream.closed]
+            self.limits.check(active, client)
             uid = self.new_uid()
             self._streams[uid] = Stream(uid, prompt, client)
             return uid
 
-    def _check_limits(self, client: str) -> None:
-        config = self.config
-        active = [stream for stream in self._streams.values() if not stream.closed]
-        if sum(stream.producer is None for stream in active) >= config.max_pending:
-            raise Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER, RETRY)
-        if len(active) >= config.max_streams:
-            raise Refusal(503, "The server is answering as many prompts as it can. " + TRY_LATER,
-                          RETRY)  # fmt: skip
-        mine = sum(stream.client == client for stream in active)
-        if mine >= config.max_streams_per_client:
-            raise Refusal(
-                429,
-                f"You already have {mine} answers streaming; wait for one to finish.",
-                RETRY,
-            )
-        now = time.monotonic()
-        recent = self._recent.setdefault(client, deque())
-        while recent and now - recent[0] > RATE_WINDOW_S:
-            recent.popleft()
-        if len(recent) >= config.prompts_per_minute:
-            wait = math.ceil(RATE_WINDOW_S - (now - recent[0]))
-            raise Refusal(
-                429,
-                f"That is {len(recent)} prompts in a minute, the most allowed. "
-                f"Please wait {wait} s.",
-                {"Retry-After": str(wait)},
-            )
-        recent.append(now)
+    def claim(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
+        """A listener joins: the stream and the event id to write from, or NotClaimable.
 
-    async def attach(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
-        """A listener joins: the stream and the event id to write from, or NotClaimable."""
-        async with self._lock:
-            stream = self._streams.get(uid)
-            if stream is None or self._expired(stream):
-                raise NotClaimable(UNKNOWN_UID)
-            if stream.producer is None:
-                stream.producer = self._start(stream)
-                position = 0
-            elif last_event_id is not None and 1 <= last_event_id <= len(stream.frames):
-                position = last_event_id  # the browser came back: resume after its last event
-            else:
-                raise NotClaimable(ALREADY_STREAMING)
-            stream.listeners += 1
-            if stream.timer is not None:
-                stream.timer.cancel()
-                stream.timer = None
-            return stream, position
+        Call it holding ``lock``. A stream with no producer yet is new: the
+        caller starts one before it lets go of the lock.
+        """
+        stream = self._streams.get(uid)
+        if stream is None or self._expired(stream):
+            raise NotClaimable(UNKNOWN_UID)
+        if stream.producer is None:
+            position = 0
+        elif last_event_id is not None and 1 <= last_event_id <= len(stream.frames):
+            position = last_event_id  # the browser came back: resume after its last event
+        else:
+            raise NotClaimable(ALREADY_STREAMING)
+        stream.listeners += 1
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        return stream, position
 
     async def detach(self, stream: Stream) -> None:
         """A listener left, having written `close` or not."""
-        async with self._lock:
+        async with self.lock:
             stream.listeners -= 1
             if stream.listeners == 0:
                 # Even after `close` was written, the connection may have dropped
@@ -614,7 +362,7 @@ class Store:
 
     async def finished(self, stream: Stream) -> None:
         """The producer is done; with nobody listening, keep the log a while for a resume."""
-        async with self._lock:
+        async with self.lock:
             if self._streams.get(stream.uid) is stream and stream.listeners == 0:
                 self._wait_for_return(stream)
 
@@ -639,148 +387,25 @@ class Store:
             del self._streams[stream.uid]
 
     async def stop(self, uid: str, reason: str) -> None:
-        async with self._lock:
+        async with self.lock:
             stream = self._streams.get(uid)
             if stream is not None:
                 stream.stop(reason)
 
     async def sweep(self) -> int:
         """Forget prompts nobody streamed in time, and idle rate counters."""
-        async with self._lock:
+        async with self.lock:
             expired = [stream for stream in self._streams.values() if self._expired(stream)]
             for stream in expired:
                 self._forget(stream)
-            now = time.monotonic()
-            for client, recent in list(self._recent.items()):
-                if not recent or now - recent[-1] > RATE_WINDOW_S:
-                    del self._recent[client]
+            self.limits.forget_idle_clients()
             return len(expired)
 
     def _expired(self, stream: Stream) -> bool:
         return stream.producer is None and time.monotonic() - stream.created > self.config.uid_ttl
 
 
-# --- app state -----------------------------------------------------------------------
-
-CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", Store)
-PROVIDER = web.AppKey("provider", Provider)
-VENDOR = web.AppKey("vendor", dict)
-SECURITY_HEADERS = web.AppKey("security_headers", dict)
-
-
-async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The provider named in the config, with the HTTP client session it needs."""
-    config = app[CONFIG]
-    if config.provider == "demo":
-        app[PROVIDER] = DemoProvider(delay=config.demo_delay)
-        yield
-        return
-    # One client session for the app's life, closed with it.
-    async with aiohttp.ClientSession(connector=make_connector()) as session:
-        app[PROVIDER] = OpenAIProvider(session, config.openai)
-        yield
-
-
-async def background_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's two background loops, for its whole life: expire unclaimed
-    prompts, and wake quiet listeners so they send their pings."""
-    store = app[STORE]
-    # Check a few times per TTL, so an entry outlives its TTL by a fraction of it.
-    interval = app[CONFIG].uid_ttl / 4
-
-    async def sweep_forever() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await store.sweep()
-
-    async def ping_forever() -> None:
-        # One timer for the whole app, not one per event per listener: every
-        # quarter of the ping interval, wake the listeners of quiet streams,
-        # which then ping. Waking the busy ones too would stall the loop for
-        # thousands of wake-ups that write nothing.
-        ping_interval = app[CONFIG].ping_interval
-        while True:
-            await asyncio.sleep(ping_interval / 4)
-            quiet_since = time.monotonic() - ping_interval
-            for stream in store.streams():
-                if stream.listeners and stream.last_event_at <= quiet_since:
-                    stream.wake()
-
-    tasks = [asyncio.create_task(sweep_forever()), asyncio.create_task(ping_forever())]
-    yield
-    for task in tasks:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-
-
-# --- htmx, served from node_modules or a CDN ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class VendorScript:
-    """A pinned third-party script: the local copy `npm ci` puts in node_modules,
-    or the same bytes from a CDN, checked by the browser against ``integrity``."""
-
-    filename: str
-    package_path: str
-    cdn_url: str
-    integrity: str
-
-    @property
-    def local_file(self) -> Path:
-        return NODE_MODULES / self.package_path
-
-    @property
-    def local_url(self) -> str:
-        return "/vendor/" + self.filename
-
-    def matches_local_file(self) -> bool:
-        digest = hashlib.sha384(self.local_file.read_bytes()).digest()
-        return "sha384-" + base64.b64encode(digest).decode() == self.integrity
-
-
-# Pinned: htmx 4 removed `sse-swap`, which this page is built on. Keep these in
-# step with package.json.
-VENDOR_SCRIPTS = (
-    VendorScript(
-        "htmx.min.js",
-        "htmx.org/dist/htmx.min.js",
-        "https://cdn.jsdelivr.net/npm/htmx.org@2.0.11/dist/htmx.min.js",
-        "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg",
-    ),
-    VendorScript(
-        "sse.min.js",
-        "htmx-ext-sse/dist/sse.min.js",
-        "https://cdn.jsdelivr.net/npm/htmx-ext-sse@2.2.4/dist/sse.min.js",
-        "sha384-A986SAtodyH8eg8x8irJnYUk7i9inVQqYigD6qZ9evobksGNIXfeFvDwLSHcp31N",
-    ),
-)
-
-
-def find_vendor_scripts() -> dict[str, str]:
-    """The URL the page loads each script from: ours when installed, else the CDN's."""
-    urls = {}
-    for script in VENDOR_SCRIPTS:
-        if script.local_file.is_file() and script.matches_local_file():
-            urls[script.filename] = script.local_url
-        else:
-            if script.local_file.is_file():
-                log.warning("%s is not the pinned version; run `npm ci`", script.local_file)
-            urls[script.filename] = script.cdn_url
-    return urls
-
-
-async def vendor_file(request: web.Request) -> web.FileResponse:
-    name = request.match_info["filename"]
-    for script in VENDOR_SCRIPTS:
-        if script.filename == name and request.app[VENDOR][name] == script.local_url:
-            return web.FileResponse(script.local_file)
-    raise web.HTTPNotFound(text="Not installed here: run `npm ci`.")
-
-
-# --- the page and the bridge -----------------------------------------------------------
+# --- the page and the bridge --------------------------------------------------------------
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -788,13 +413,22 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 @aiohttp_jinja2.template("index.html")
 async def index(request: web.Request) -> dict[str, Any]:
     config = request.app[CONFIG]
-    provider = request.app[PROVIDER]
     return {
-        "provider": provider,
+        "provider": request.app[PROVIDER],
         "model_server": public_url(config.openai.base_url),
         "scripts": {script.filename: script for script in VENDOR_SCRIPTS},
         "script_urls": request.app[VENDOR],
     }
+
+
+async def process_prompt(request: web.Request) -> web.Response:
+    """The bridge: store the prompt, answer at once with the snippet that streams it."""
+    try:
+        prompt = await read_prompt(request)
+        uid = await request.app[STORE].add(prompt, client_address(request))
+    except Refusal as refusal:
+        return refuse(request, refusal)
+    return aiohttp_jinja2.render_template("stream.html", request, {"uid": uid})
 
 
 async def read_prompt(request: web.Request) -> str:
@@ -820,16 +454,6 @@ async def read_prompt(request: web.Request) -> str:
     return prompt
 
 
-async def process_prompt(request: web.Request) -> web.Response:
-    """The bridge: store the prompt, answer at once with the snippet that streams it."""
-    try:
-        prompt = await read_prompt(request)
-        uid = await request.app[STORE].add(prompt, client_address(request))
-    except Refusal as refusal:
-        return refuse(request, refusal)
-    return aiohttp_jinja2.render_template("stream.html", request, {"uid": uid})
-
-
 def refuse(request: web.Request, refusal: Refusal) -> web.Response:
     # An HTML fragment, so htmx can show it where the answer would have gone.
     response = aiohttp_jinja2.render_template(
@@ -845,13 +469,7 @@ async def stop_stream(request: web.Request) -> web.Response:
     return web.Response(status=204)  # nothing to swap: the stream itself shows the end
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"status": "ok", "provider": request.app[PROVIDER].name, **request.app[STORE].counts()}
-    )
-
-
-# --- producing a stream: provider events become SSE events ----------------------------
+# --- producing: provider events become SSE events -----------------------------------------
 
 THOUGHT_TAIL_CHARS = 400  # the thought line shows the latest part of long reasoning
 CRASHED = "Something went wrong on the server while streaming this answer. Please try again."
@@ -921,6 +539,391 @@ class Transcript:
         return stats
 
 
+class Relay:
+    """Turns one provider's events into the stream's SSE events, at a pace the page can take.
+
+    Answer text goes out as soon as it arrives, then at most once per
+    ``answer_window`` (a 1,000 tokens/s model would otherwise cost the page
+    1,000 swaps a second). The thought line is refreshed at most every
+    ``thought_interval`` (``Throttle``, below the banner).
+    """
+
+    def __init__(self, stream: Stream, transcript: Transcript, config: Config) -> None:
+        self.stream = stream
+        self.transcript = transcript
+        self._answer_sent = 0
+        self.answer = Throttle(config.answer_window, self._send_answer)
+        self.thought = Throttle(config.thought_interval, self._send_reasoning)
+
+    def take(self, event: ProviderEvent) -> bool:
+        """Take one provider event; False once the stream has failed."""
+        transcript = self.transcript
+        match event:
+            case Status(text):
+                self.thought.discard()  # the status is newer than any pending reasoning
+                self.show_thought(text)
+            case Reasoning(text, sent_at) if text:
+                transcript.mark_token(sent_at)
+                transcript.reasoning_pieces.append(text)
+                self.thought.poke()
+            case Answer(text, sent_at) if text:
+                transcript.mark_token(sent_at)
+                if transcript.reasoning_done_at is None:
+                    transcript.reasoning_done_at = time.monotonic()
+                    if transcript.reasoning_pieces:
+                        self.thought.flush()  # the reasoning's last words before the answer
+                    else:
+                        self.show_thought(WRITING)
+                transcript.answer_pieces.append(text)
+                self.answer.poke()
+            case Usage():
+                transcript.usage = event
+            case Finished(reason):
+                transcript.finish_reason = reason
+            case Failure(message):
+                self.fail(message)
+                return False
+        return True
+
+    def show_thought(self, text: str) -> None:
+        """The one place a thought is sent; the page shows only the newest."""
+        self.stream.append(thought_event(text), replaces_previous=True)
+
+    def _send_reasoning(self) -> None:
+        self.show_thought(self.transcript.thought())
+
+    def _send_answer(self) -> None:
+        pieces = self.transcript.answer_pieces
+        text = "".join(pieces[self._answer_sent :])
+        self._answer_sent = len(pieces)
+        self.stream.append(answer_chunk_event(text))
+
+    def fail(self, message: str) -> None:
+        self.flush()
+        self.show_thought("")  # the status line and the error say it all
+        self.stream.append(error_event(message))
+
+    def finish(self, rendered_answer: str) -> None:
+        self.flush()
+        self.show_thought("")  # the reasoning is kept in the final answer
+        self.stream.append(final_answer_event(rendered_answer))
+
+    def flush(self) -> None:
+        self.thought.flush()
+        self.answer.flush()
+
+    def discard(self) -> None:
+        """Cancel the pending sends: nothing may follow `close`."""
+        self.thought.discard()
+        self.answer.discard()
+
+
+async def produce(app: web.Application, stream: Stream) -> None:
+    """Run the provider for one stream: the one owner of the generation.
+
+    Its `finally` is the only place the generation is let go: the provider's
+    generator is closed (and with it any upstream response, so the model stops
+    generating), the log is closed with `close`, the outcome is logged.
+    """
+    config = app[CONFIG]
+    transcript = Transcript()
+    relay = Relay(stream, transcript, config)
+    outcome = "abandoned"  # cancelled because nobody was listening
+    try:
+        async with asyncio.timeout(config.max_duration):
+            async with aclosing(app[PROVIDER].stream(stream.prompt)) as events:
+                async for event in events:
+                    if not relay.take(event):
+                        outcome = "failed"
+                        break
+                else:
+                    outcome = "done"
+        if outcome == "done":
+            relay.finish(render_final_answer(app, stream.uid, transcript))
+    except TimeoutError:
+        outcome = "too long"
+        relay.fail(TOO_LONG.format(limit=config.max_duration))
+    except asyncio.CancelledError:
+        if stream.stop_reason is None:
+            raise  # abandoned: nobody is there to tell
+        outcome = stream.stop_reason
+        this_task().uncancel()  # we asked for this cancellation; it is handled
+        if stream.stop_reason == STOPPED:
+            transcript.finish_reason = STOPPED
+            relay.finish(render_final_answer(app, stream.uid, transcript))
+        else:
+            relay.fail(RESTARTING)
+    except Exception:
+        log.exception("stream %s: the provider failed", stream.uid[:9])
+        outcome = "crashed"
+        relay.fail(CRASHED)
+    finally:
+        relay.discard()
+        stream.end()  # `close`, always last
+        log_stream(app, stream, outcome, transcript)
+        await app[STORE].finished(stream)
+
+
+def this_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    assert task is not None, "called outside a task"
+    return task
+
+
+def render_final_answer(app: web.Application, uid: str, transcript: Transcript) -> str:
+    return (
+        aiohttp_jinja2.get_env(app)
+        .get_template("final_answer.html")
+        .render(
+            uid=uid,
+            transcript=transcript,
+            reasoning_seconds=transcript.reasoning_seconds(),
+            note=FINISH_NOTES.get(transcript.finish_reason or ""),
+            stats=transcript.stats(),
+            model=app[PROVIDER].model,
+        )
+    )
+
+
+def log_stream(app: web.Application, stream: Stream, outcome: str, transcript: Transcript) -> None:
+    stats = transcript.stats()
+    prompt = f" prompt={stream.prompt!r}" if app[CONFIG].log_prompts else ""
+    log.info(
+        "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s%s",
+        stream.uid[:9],  # enough to follow one stream in the log, far too little to claim it
+        app[PROVIDER].name,
+        outcome,
+        stats["duration"],
+        f"{stats['ttft']:.2f}s" if "ttft" in stats else "-",
+        stats.get("tokens", "-"),
+        prompt,
+    )
+
+
+# --- listening: the GET /response-stream handler ------------------------------------------
+
+
+async def response_stream(request: web.Request) -> web.StreamResponse:
+    """Stream one prompt's answer to one browser. Every answer ends with `close`."""
+    config = request.app[CONFIG]
+    store = request.app[STORE]
+    response = await open_event_stream(request)
+    try:
+        async with store.lock:  # one claim at a time: two GETs never both start a producer
+            stream, position = store.claim(request.query.get("uid", ""), last_event_id(request))
+            if stream.producer is None:  # the first GET for this uid: start generating
+                stream.producer = asyncio.create_task(produce(request.app, stream))
+    except NotClaimable as refused:
+        # A 200 with error + close: any other status makes the page retry forever.
+        await response.write(
+            format_event(*error_event(str(refused)), 1) + format_event(*close_event(), 2)
+        )
+        return response
+
+    try:
+        await write(response, RETRY_FIELD, config.write_timeout)
+        await listen(stream, response, position, config, request.transport)
+    except (ConnectionError, ClientTooSlow):
+        if request.transport is not None:
+            request.transport.close()  # a slow client's unread data is dropped with it
+    finally:
+        await store.detach(stream)
+    return response
+
+
+async def open_event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            # Tells nginx not to buffer the stream (it would hold tokens back).
+            "X-Accel-Buffering": "no",
+        }
+    )
+    # Not compressed (enable_compression is never called here): a compressor
+    # buffers, and the tokens would arrive in lumps.
+    await response.prepare(request)
+    return response
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The id of the last event the browser got, when it reconnects by itself."""
+    header = request.headers.get("Last-Event-ID", "")
+    return int(header) if header.isdecimal() else None
+
+
+async def listen(
+    stream: Stream,
+    response: web.StreamResponse,
+    position: int,
+    config: Config,
+    transport: asyncio.Transport | None = None,
+) -> None:
+    """Write the stream's events after ``position`` as they come, until `close`,
+    and a ping when it is quiet (ping_forever wakes quiet listeners)."""
+    last_write = time.monotonic()  # the clock of Stream.last_event_at and the pinger
+    while True:
+        if position < len(stream.frames):
+            end = len(stream.frames)
+            await write(response, stream.frames_after(position), config.write_timeout, transport)
+            position, last_write = end, time.monotonic()
+            continue  # more may have come while writing
+        if stream.closed:
+            return
+        if time.monotonic() - last_write >= config.ping_interval:
+            await write(response, PING, config.write_timeout, transport)
+            last_write = time.monotonic()
+            continue  # events may have come while the ping was written
+        # No timer per wait: that was one more timer per event per listener.
+        await stream.changed()
+
+
+# --- the app ------------------------------------------------------------------------------
+
+
+async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The provider named in the config, with the HTTP client session it needs."""
+    config = app[CONFIG]
+    if config.provider == "demo":
+        app[PROVIDER] = DemoProvider(delay=config.demo_delay)
+        yield
+        return
+    # One client session for the app's life, closed with it.
+    async with aiohttp.ClientSession(connector=make_connector()) as session:
+        app[PROVIDER] = OpenAIProvider(session, config.openai)
+        yield
+
+
+async def background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's two background loops, for its whole life: wake quiet listeners
+    so they send their pings, and expire unclaimed prompts."""
+    store = app[STORE]
+
+    async def ping_forever() -> None:
+        # One timer for the whole app, not one per event per listener: every
+        # quarter of the ping interval, wake the listeners of quiet streams,
+        # which then ping. Waking the busy ones too would stall the loop for
+        # thousands of wake-ups that write nothing.
+        ping_interval = app[CONFIG].ping_interval
+        while True:
+            await asyncio.sleep(ping_interval / 4)
+            quiet_since = time.monotonic() - ping_interval
+            for stream in store.streams():
+                if stream.listeners and stream.last_event_at <= quiet_since:
+                    stream.wake()
+
+    async def sweep_forever() -> None:
+        # A few times per TTL, so an entry outlives its TTL by a fraction of it.
+        while True:
+            await asyncio.sleep(app[CONFIG].uid_ttl / 4)
+            await store.sweep()
+
+    tasks = [asyncio.create_task(ping_forever()), asyncio.create_task(sweep_forever())]
+    yield
+    for task in tasks:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+def make_app(config: Config, provider: Provider | None = None) -> web.Application:
+    """The whole app. Tests may pass their own ``provider``; else ``config`` picks one."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard])
+    app[CONFIG] = config
+    app[STORE] = Store(config)
+    app[VENDOR] = script_urls = find_vendor_scripts()
+    app[SECURITY_HEADERS] = security_headers_for(script_urls)  # built once, sent always
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["text"] = text_filter
+    env.filters["markdown"] = markdown_filter(make_markdown())
+    if provider is None:
+        app.cleanup_ctx.append(provider_ctx)
+    else:
+        app[PROVIDER] = provider
+    app.cleanup_ctx.append(background_ctx)
+    app.on_response_prepare.append(add_security_headers)
+    app.on_shutdown.append(end_streams)
+    app.router.add_get("/", index)
+    app.router.add_post("/process_prompt", process_prompt)
+    app.router.add_get("/response-stream", response_stream)
+    app.router.add_post("/stop", stop_stream)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/vendor/{filename}", vendor_file)
+    app.router.add_static("/static/", STATIC_DIR)
+    return app
+
+
+# ==========================================================================================
+#  The lesson ends here: above, a prompt's path from the form to `close`.
+#  Below, what keeps a public server safe and fast: limits, pacing, slow clients, access,
+#  security headers, Markdown, the vendored htmx, health, shutdown, configuration, the
+#  garbage collector and `main`. Safe to skip on a first reading.
+# ==========================================================================================
+
+
+# --- limits -------------------------------------------------------------------------------
+
+RATE_WINDOW_S = 60.0  # prompts_per_minute counts the prompts of the last minute
+TRY_LATER = "Please try again in a few seconds."
+RETRY = {"Retry-After": "5"}
+
+
+class Limits:
+    """The limits a new prompt must pass (each a flag), and each client's recent prompts."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._recent: dict[str, deque[float]] = {}  # each client's prompts in the last minute
+
+    def check(self, active: list[Stream], client: str) -> None:
+        """Raise a Refusal naming the limit a new prompt from ``client`` would pass;
+        else count the prompt."""
+        config = self.config
+        if sum(stream.producer is None for stream in active) >= config.max_pending:
+            raise Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER, RETRY)
+        if len(active) >= config.max_streams:
+            raise Refusal(503, "The server is answering as many prompts as it can. " + TRY_LATER,
+                          RETRY)  # fmt: skip
+        mine = sum(stream.client == client for stream in active)
+        if mine >= config.max_streams_per_client:
+            raise Refusal(
+                429,
+                f"You already have {mine} answers streaming; wait for one to finish.",
+                RETRY,
+            )
+        now = time.monotonic()
+        recent = self._recent.setdefault(client, deque())
+        while recent and now - recent[0] > RATE_WINDOW_S:
+            recent.popleft()
+        if len(recent) >= config.prompts_per_minute:
+            wait = math.ceil(RATE_WINDOW_S - (now - recent[0]))
+            raise Refusal(
+                429,
+                f"That is {len(recent)} prompts in a minute, the most allowed. "
+                f"Please wait {wait} s.",
+                {"Retry-After": str(wait)},
+            )
+        recent.append(now)
+
+    def forget_idle_clients(self) -> None:
+        """Drop the counters of clients with no prompt in the last minute."""
+        now = time.monotonic()
+        for client, recent in list(self._recent.items()):
+            if not recent or now - recent[-1] > RATE_WINDOW_S:
+                del self._recent[client]
+
+    def clients_counted(self) -> int:
+        return len(self._recent)
+
+
+# --- pacing -------------------------------------------------------------------------------
+
+
 class Throttle:
     """Calls ``send`` at most once per ``interval`` seconds.
 
@@ -961,177 +964,11 @@ class Throttle:
             self._timer = None
 
 
-class Relay:
-    """Turns one provider's events into the stream's SSE events, at a pace the page can take.
-
-    Answer text goes out as soon as it arrives, then at most once per
-    ``answer_window`` (a 1,000 tokens/s model would otherwise cost the page
-    1,000 swaps a second). The thought line is refreshed at most every
-    ``thought_interval``.
-    """
-
-    def __init__(self, stream: Stream, transcript: Transcript, config: Config) -> None:
-        self.stream = stream
-        self.transcript = transcript
-        self._answer_sent = 0
-        self.answer = Throttle(config.answer_window, self._send_answer)
-        self.thought = Throttle(config.thought_interval, self._send_thought)
-
-    def _send_answer(self) -> None:
-        pieces = self.transcript.answer_pieces
-        text = "".join(pieces[self._answer_sent :])
-        self._answer_sent = len(pieces)
-        self.stream.append("answer_chunk", escape_text(text))
-
-    def _send_thought(self) -> None:
-        self.stream.append("thought", escape_text(self.transcript.thought()))
-
-    def take(self, event: ProviderEvent) -> bool:
-        """Take one provider event; False once the stream has failed."""
-        transcript = self.transcript
-        match event:
-            case Status(text):
-                self.thought.discard()  # the status is newer than any pending reasoning
-                self.stream.append("thought", escape_text(text))
-            case Reasoning(text, sent_at) if text:
-                transcript.mark_token(sent_at)
-                transcript.reasoning_pieces.append(text)
-                self.thought.poke()
-            case Answer(text, sent_at) if text:
-                transcript.mark_token(sent_at)
-                if transcript.reasoning_done_at is None:
-                    transcript.reasoning_done_at = time.monotonic()
-                    if transcript.reasoning_pieces:
-                        self.thought.flush()  # the reasoning's last words before the answer
-                    else:
-                        self.stream.append("thought", WRITING)
-                transcript.answer_pieces.append(text)
-                self.answer.poke()
-            case Usage():
-                transcript.usage = event
-            case Finished(reason):
-                transcript.finish_reason = reason
-            case Failure(message):
-                self.fail(message)
-                return False
-        return True
-
-    def flush(self) -> None:
-        self.thought.flush()
-        self.answer.flush()
-
-    def discard(self) -> None:
-        """Cancel the pending sends: nothing may follow `close`."""
-        self.thought.discard()
-        self.answer.discard()
-
-    def fail(self, message: str) -> None:
-        self.flush()
-        self.stream.append("thought", "")  # the status line and the error say it all
-        self.stream.append("error", escape_text(message))
-
-    def finish(self, final_answer: str) -> None:
-        self.flush()
-        self.stream.append("thought", "")  # the reasoning is kept in the final answer
-        self.stream.append("final_answer", final_answer)
-
-
-async def produce(app: web.Application, stream: Stream) -> None:
-    """Run the provider for one stream: the one owner of the generation.
-
-    Its `finally` is the only place the generation is let go: the provider's
-    iterator is closed (and with it any upstream response, so the model stops
-    generating), the log is closed with `close`, the outcome is logged.
-    """
-    config = app[CONFIG]
-    transcript = Transcript()
-    relay = Relay(stream, transcript, config)
-    outcome = "abandoned"  # cancelled because nobody was listening
-    try:
-        async with asyncio.timeout(config.max_duration):
-            async with aclosing(app[PROVIDER].stream(stream.prompt)) as events:
-                async for event in events:
-                    if not relay.take(event):
-                        outcome = "failed"
-                        break
-                else:
-                    outcome = "done"
-        if outcome == "done":
-            relay.finish(render_final_answer(app, stream.uid, transcript))
-    except TimeoutError:
-        outcome = "too long"
-        relay.fail(TOO_LONG.format(limit=config.max_duration))
-    except asyncio.CancelledError:
-        if stream.stop_reason is None:
-            raise  # abandoned: nobody is there to tell
-        outcome = stream.stop_reason
-        asyncio.current_task().uncancel()  # we asked for this cancellation; it is handled
-        if stream.stop_reason == STOPPED:
-            transcript.finish_reason = STOPPED
-            relay.finish(render_final_answer(app, stream.uid, transcript))
-        else:
-            relay.fail(RESTARTING)
-    except Exception:
-        log.exception("stream %s: the provider failed", stream.uid[:9])
-        outcome = "crashed"
-        relay.fail(CRASHED)
-    finally:
-        relay.discard()
-        stream.append("close", "")
-        log_stream(app, stream, outcome, transcript)
-        await app[STORE].finished(stream)
-
-
-def render_final_answer(app: web.Application, uid: str, transcript: Transcript) -> str:
-    return (
-        aiohttp_jinja2.get_env(app)
-        .get_template("final_answer.html")
-        .render(
-            uid=uid,
-            transcript=transcript,
-            reasoning_seconds=transcript.reasoning_seconds(),
-            note=FINISH_NOTES.get(transcript.finish_reason or ""),
-            stats=transcript.stats(),
-            model=app[PROVIDER].model,
-        )
-    )
-
-
-def log_stream(app: web.Application, stream: Stream, outcome: str, transcript: Transcript) -> None:
-    stats = transcript.stats()
-    prompt = f" prompt={stream.prompt!r}" if app[CONFIG].log_prompts else ""
-    log.info(
-        "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s%s",
-        stream.uid[:9],  # enough to follow one stream in the log, far too little to claim it
-        app[PROVIDER].name,
-        outcome,
-        stats["duration"],
-        f"{stats['ttft']:.2f}s" if "ttft" in stats else "-",
-        stats.get("tokens", "-"),
-        prompt,
-    )
-
-
-# --- listening to a stream: the SSE response ----------------------------------------------
+# --- slow clients -------------------------------------------------------------------------
 
 
 class ClientTooSlow(Exception):
     """The browser stopped reading: a write waited longer than the write timeout."""
-
-
-async def open_event_stream(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            # Tells nginx not to buffer the stream (it would hold tokens back).
-            "X-Accel-Buffering": "no",
-        }
-    )
-    # Not compressed (enable_compression is never called here): a compressor
-    # buffers, and the tokens would arrive in lumps.
-    await response.prepare(request)
-    return response
 
 
 #: A write this small into an empty socket buffer cannot wait: aiohttp waits
@@ -1145,6 +982,7 @@ async def write(
     patience: float,
     transport: asyncio.Transport | None = None,
 ) -> None:
+    """``response.write(data)``, giving up (ClientTooSlow) after ``patience`` seconds."""
     # The common case needs no timer: the socket's buffer is empty, so this
     # write returns at once. (A timer per write was ~10% of the CPU per token.)
     if (
@@ -1163,65 +1001,7 @@ async def write(
         raise ClientTooSlow from None
 
 
-def last_event_id(request: web.Request) -> int | None:
-    """The id of the last event the browser got, when it reconnects by itself."""
-    header = request.headers.get("Last-Event-ID", "")
-    return int(header) if header.isdecimal() else None
-
-
-async def response_stream(request: web.Request) -> web.StreamResponse:
-    """Stream one prompt's answer to one browser. Every answer ends with `close`."""
-    config = request.app[CONFIG]
-    response = await open_event_stream(request)
-    try:
-        stream, position = await request.app[STORE].attach(
-            request.query.get("uid", ""), last_event_id(request)
-        )
-    except NotClaimable as refused:
-        # A 200 with error + close: any other status makes the page retry forever.
-        await response.write(
-            format_event("error", escape_text(str(refused)), 1) + format_event("close", "", 2)
-        )
-        return response
-
-    try:
-        await write(response, RETRY_FIELD, config.write_timeout)
-        await listen(stream, response, position, config, request.transport)
-    except (ConnectionError, ClientTooSlow):
-        if request.transport is not None:
-            request.transport.close()  # a slow client's unread data is dropped with it
-    finally:
-        await request.app[STORE].detach(stream)
-    return response
-
-
-async def listen(
-    stream: Stream,
-    response: web.StreamResponse,
-    position: int,
-    config: Config,
-    transport: asyncio.Transport | None = None,
-) -> None:
-    """Write the stream's events after ``position`` as they come, until `close`,
-    and a ping when it is quiet (ping_forever wakes quiet listeners)."""
-    last_write = time.monotonic()  # the clock of Stream.last_event_at and the pinger
-    while True:
-        if position < len(stream.frames):
-            end = len(stream.frames)
-            await write(response, stream.frames_after(position), config.write_timeout, transport)
-            position, last_write = end, time.monotonic()
-            continue  # more may have come while writing
-        if stream.closed:
-            return
-        if time.monotonic() - last_write >= config.ping_interval:
-            await write(response, PING, config.write_timeout, transport)
-            last_write = time.monotonic()
-            continue  # events may have come while the ping was written
-        # No timer per wait: that was one more timer per event per listener.
-        await stream.changed()
-
-
-# --- access: who may use the app --------------------------------------------------------
+# --- access: who may use the app ----------------------------------------------------------
 
 OPEN_PATHS = frozenset({"/healthz"})  # for health checks, which carry no password
 REALM = 'Basic realm="HTMX AI Stream", charset="UTF-8"'
@@ -1280,7 +1060,22 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         )
     if request.method == "POST" and cross_site(request):
         return refuse(request, Refusal(403, "Prompts can only be sent from this app's page."))
-    return await handler(request)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+class AccessLogger(web.AbstractAccessLogger):
+    """aiohttp's access log line, without the query string: a stream's URL
+    carries its uid, and a log line must not hand anyone the answer."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.3fs', request.remote, request.method, request.path,
+            response.status, time,
+        )  # fmt: skip
+
+
+# --- security headers ---------------------------------------------------------------------
 
 
 def security_headers_for(script_urls: Mapping[str, str]) -> dict[str, str]:
@@ -1309,33 +1104,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
         response.headers.setdefault(name, value)
 
 
-class AccessLogger(web.AbstractAccessLogger):
-    """aiohttp's access log line, without the query string: a stream's URL
-    carries its uid, and a log line must not hand anyone the answer."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            '%s "%s %s" %s %.3fs', request.remote, request.method, request.path,
-            response.status, time,
-        )  # fmt: skip
-
-
-# --- shutdown ------------------------------------------------------------------------
-
-SHUTDOWN_TIMEOUT_S = 5.0  # how long shutdown waits for streams to say goodbye
-
-
-async def end_streams(app: web.Application) -> None:
-    """On SIGTERM or Ctrl-C: tell every browser, release every upstream request."""
-    streams = app[STORE].streams()
-    for stream in streams:
-        stream.stop(RESTARTING_REASON)
-    producers = [stream.producer for stream in streams if stream.producer is not None]
-    if producers:
-        await asyncio.wait(producers, timeout=SHUTDOWN_TIMEOUT_S)
-
-
-# --- the app -------------------------------------------------------------------------
+# --- Markdown for the final answer --------------------------------------------------------
 
 
 def text_filter(text: str) -> Markup:
@@ -1351,8 +1120,10 @@ def make_markdown() -> MarkdownIt:
     get a copy button. Raw HTML in the answer stays text (``html: False``) and
     markdown-it refuses unsafe link schemes such as ``javascript:``."""
     markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+    renderer = markdown.renderer
+    assert isinstance(renderer, RendererHTML)
     for rule in ("fence", "code_block"):
-        render_code = markdown.renderer.rules[rule]
+        render_code = renderer.rules[rule]
 
         def with_copy_button(_renderer, tokens, index, options, env, render_code=render_code):
             code = render_code(tokens, index, options, env)
@@ -1379,37 +1150,236 @@ def markdown_filter(markdown: MarkdownIt) -> Callable[[str], Markup]:
     return lambda text: Markup(markdown.render(text))
 
 
-def make_app(config: Config, provider: Provider | None = None) -> web.Application:
-    """The whole app. Tests may pass their own ``provider``; else ``config`` picks one."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard])
-    app[CONFIG] = config
-    app[STORE] = Store(config, start=lambda stream: asyncio.create_task(produce(app, stream)))
-    app[VENDOR] = find_vendor_scripts()
-    app[SECURITY_HEADERS] = security_headers_for(app[VENDOR])  # built once, sent always
-    env = aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["text"] = text_filter
-    env.filters["markdown"] = markdown_filter(make_markdown())
-    if provider is None:
-        app.cleanup_ctx.append(provider_ctx)
-    else:
-        app[PROVIDER] = provider
-    app.cleanup_ctx.append(background_ctx)
-    app.on_response_prepare.append(add_security_headers)
-    app.on_shutdown.append(end_streams)
-    app.router.add_get("/", index)
-    app.router.add_post("/process_prompt", process_prompt)
-    app.router.add_get("/response-stream", response_stream)
-    app.router.add_post("/stop", stop_stream)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/vendor/{filename}", vendor_file)
-    app.router.add_static("/static/", STATIC_DIR)
-    return app
+# --- htmx, served from node_modules or a CDN ----------------------------------------------
 
+
+@dataclass(frozen=True)
+class VendorScript:
+    """A pinned third-party script: the local copy `npm ci` puts in node_modules,
+    or the same bytes from a CDN, checked by the browser against ``integrity``."""
+
+    filename: str
+    package_path: str
+    cdn_url: str
+    integrity: str
+
+    @property
+    def local_file(self) -> Path:
+        return NODE_MODULES / self.package_path
+
+    @property
+    def local_url(self) -> str:
+        return "/vendor/" + self.filename
+
+    def matches_local_file(self) -> bool:
+        digest = hashlib.sha384(self.local_file.read_bytes()).digest()
+        return "sha384-" + base64.b64encode(digest).decode() == self.integrity
+
+
+# Pinned: htmx 4 removed `sse-swap`, which this page is built on. Keep these in
+# step with package.json.
+VENDOR_SCRIPTS = (
+    VendorScript(
+        "htmx.min.js",
+        "htmx.org/dist/htmx.min.js",
+        "https://cdn.jsdelivr.net/npm/htmx.org@2.0.11/dist/htmx.min.js",
+        "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg",
+    ),
+    VendorScript(
+        "sse.min.js",
+        "htmx-ext-sse/dist/sse.min.js",
+        "https://cdn.jsdelivr.net/npm/htmx-ext-sse@2.2.4/dist/sse.min.js",
+        "sha384-A986SAtodyH8eg8x8irJnYUk7i9inVQqYigD6qZ9evobksGNIXfeFvDwLSHcp31N",
+    ),
+)
+
+
+def find_vendor_scripts() -> dict[str, str]:
+    """The URL the page loads each script from: ours when installed, else the CDN's."""
+    urls = {}
+    for script in VENDOR_SCRIPTS:
+        if script.local_file.is_file() and script.matches_local_file():
+            urls[script.filename] = script.local_url
+        else:
+            if script.local_file.is_file():
+                log.warning("%s is not the pinned version; run `npm ci`", script.local_file)
+            urls[script.filename] = script.cdn_url
+    return urls
+
+
+async def vendor_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["filename"]
+    for script in VENDOR_SCRIPTS:
+        if script.filename == name and request.app[VENDOR][name] == script.local_url:
+            return web.FileResponse(script.local_file)
+    raise web.HTTPNotFound(text="Not installed here: run `npm ci`.")
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"status": "ok", "provider": request.app[PROVIDER].name, **request.app[STORE].counts()}
+    )
+
+
+# --- shutdown -----------------------------------------------------------------------------
+
+SHUTDOWN_TIMEOUT_S = 5.0  # how long shutdown waits for streams to say goodbye
+
+
+async def end_streams(app: web.Application) -> None:
+    """On SIGTERM or Ctrl-C: tell every browser, release every upstream request."""
+    streams = app[STORE].streams()
+    for stream in streams:
+        stream.stop(RESTARTING_REASON)
+    producers = [stream.producer for stream in streams if stream.producer is not None]
+    if producers:
+        await asyncio.wait(producers, timeout=SHUTDOWN_TIMEOUT_S)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the app can be told. Each field is a flag (``--field-name``), some
+    also an environment variable (``settings.setting``); ``parse_config`` fills it."""
+
+    host: str = setting("127.0.0.1", "address to listen on", group=SERVER, env="HOST")
+    port: int = setting(8080, "port to listen on", group=SERVER, env="PORT", convert=port_number)
+    provider: str = setting(
+        "demo", "where answers come from: demo (offline) or openai (any OpenAI-compatible "
+        "server); default: openai when a base URL or key is set, else demo",
+        group=SERVER, choices=("demo", "openai"),
+    )  # fmt: skip
+    demo_delay: float = setting(
+        0.03, "seconds the demo provider waits per word (0 = instant)",
+        group=SERVER, convert=not_negative,
+    )  # fmt: skip
+    openai: OpenAISettings = field(default_factory=OpenAISettings)  # its own flags
+
+    # Limits.
+    max_prompt_chars: int = setting(
+        8000, "longest prompt accepted, in characters", group=LIMITS, convert=positive(int)
+    )
+    max_body_bytes: int = setting(
+        64 * 1024, "largest POST body accepted, in bytes", group=LIMITS, convert=positive(int)
+    )
+    prompts_per_minute: int = setting(
+        30, "prompts one client IP may send per minute", group=LIMITS, convert=positive(int)
+    )
+    max_streams_per_client: int = setting(
+        4, "answers waiting or streaming at once for one client IP",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    max_streams: int = setting(
+        200, "answers waiting or streaming at once, for everyone",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    max_pending: int = setting(
+        1000, "prompts that may wait for their stream at once", group=LIMITS, convert=positive(int)
+    )
+    uid_ttl: float = setting(
+        60.0, "seconds a prompt waits for its stream before it expires",
+        group=LIMITS, convert=positive(float),
+    )  # fmt: skip
+    max_duration: float = setting(
+        600.0, "longest a single answer may take, in seconds", group=LIMITS, convert=positive(float)
+    )
+    write_timeout: float = setting(
+        10.0, "seconds a browser may read nothing before its stream is dropped",
+        group=LIMITS, convert=positive(float),
+    )  # fmt: skip
+
+    # Access.
+    password: str | None = setting(
+        None, "asks every visitor for this password",
+        group=ACCESS, env="APP_PASSWORD", convert=text_or_none, flag=False,
+    )  # fmt: skip
+    trust_proxy: bool = setting(
+        False, "take the client IP from X-Forwarded-For (only behind your own reverse proxy)",
+        group=ACCESS,
+    )  # fmt: skip
+    log_prompts: bool = setting(
+        False, "write each prompt's text in its stream's log line", group=ACCESS
+    )
+
+    # Tuning.
+    grace_period: float = setting(
+        5.0, "seconds a generation goes on after its browser left, waiting for it to "
+        "reconnect (0 = stop at once)",
+        group=TUNING, convert=not_negative,
+    )  # fmt: skip
+    ping_interval: float = setting(
+        15.0, "seconds between ': ping' comments on a quiet stream (proxies close silent ones)",
+        group=TUNING, convert=positive(float),
+    )  # fmt: skip
+    answer_window: float = setting(
+        0.04, "seconds answer text may wait to be sent together with what follows "
+        "(0 = every piece at once)",
+        group=TUNING, convert=not_negative,
+    )  # fmt: skip
+    thought_interval: float = setting(
+        0.25, "least seconds between two updates of the thought line",
+        group=TUNING, convert=not_negative,
+    )  # fmt: skip
+
+
+EXAMPLES = """\
+A flag beats its environment variable, which beats the default. OPENAI_API_KEY
+and APP_PASSWORD (which protects the whole app) are read from the environment
+only, so they never show in `ps`.
+
+examples:
+  python server.py
+      the offline demo provider on http://127.0.0.1:8080
+  OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=qwen3 python server.py --port 8000
+      a model served by Ollama, on port 8000
+"""
+
+
+def build_parser() -> settings.Parser:
+    return settings.build_parser(
+        Config,
+        OpenAISettings,
+        prog="server.py",
+        description="Stream a model's thoughts and answer into the browser (HTMX + SSE).",
+        epilog=EXAMPLES,
+    )
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """Read flags, then environment variables, then defaults, in that order of precedence."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    values = read_settings(Config, args, environ, parser)
+    openai = read_settings(OpenAISettings, args, environ, parser)
+    if "provider" not in values:
+        configured = "base_url" in openai or openai.get("api_key")
+        values["provider"] = "openai" if configured else "demo"
+    return Config(openai=OpenAISettings(**openai), **values)
+
+
+def public_url(text: str) -> str:
+    """A URL fit to show or log: without user, password or query (which may carry a key)."""
+    try:
+        return str(URL(text).with_user(None).with_query(None).with_fragment(None))
+    except ValueError:
+        return "(not a valid URL)"
+
+
+def answers_from(config: Config) -> str:
+    """Where answers come from, for the start-up log (never a key or password)."""
+    if config.provider != "openai":
+        return f"the {config.provider} provider"
+    openai = config.openai
+    model = openai.model or "the one it lists (asked at the first prompt)"
+    return f"the model server at {public_url(openai.base_url)}, model {model}"
+
+
+# --- the garbage collector ----------------------------------------------------------------
 
 # The cyclic collector's passes scan live objects: with thousands of streams
 # open, each full pass stopped the loop for 0.2-0.7 s. Collect less often, but
@@ -1420,13 +1390,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
 GC_THRESHOLDS = (10_000, 10, 100)
 
 
-def answers_from(config: Config) -> str:
-    """Where answers come from, for the start-up log (never a key or password)."""
-    if config.provider != "openai":
-        return f"the {config.provider} provider"
-    settings = config.openai
-    model = settings.model or "the one it lists (asked at the first prompt)"
-    return f"the model server at {public_url(settings.base_url)}, model {model}"
+# --- main ---------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> None:

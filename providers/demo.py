@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from providers.events import Answer, Failure, Finished, ProviderEvent, Reasoning, Status
 
@@ -82,7 +82,7 @@ class DemoProvider:
     def __init__(self, delay: float = 0.03) -> None:
         self.delay = delay
 
-    async def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
+    async def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
         fail = prompt.lstrip().startswith(ERROR_COMMAND)
         yield Status("Thinking…")
         for piece in pieces(_thinking(prompt)):

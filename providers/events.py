@@ -13,13 +13,14 @@ The contract of ``Provider.stream(prompt)``:
 - it ends after a ``Failure`` (the message is shown to the person as it is,
   so it must be short, readable and free of secrets);
 - it ends normally otherwise, which means the answer is complete;
-- closing the iterator early (the person left) releases everything it holds,
-  such as an upstream HTTP response, before ``aclose()`` returns.
+- it is an async generator: closing it early (``aclose()``: the person left)
+  releases everything it holds, such as an upstream HTTP response, before
+  ``aclose()`` returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,6 +90,10 @@ class Provider(Protocol):
     #: The model that answers, as the person should see it.
     model: str
 
-    def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
-        """Stream the events for one prompt (see the module docstring)."""
+    def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
+        """Stream the events for one prompt (see the module docstring).
+
+        An async generator: the server closes it (``aclose()``) when it stops
+        listening, and closing it releases what it holds.
+        """
         ...

@@ -63,8 +63,8 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -82,6 +82,7 @@ from providers.events import (
 )
 from providers.think_tags import ThinkTagSplitter
 from providers.upstream_sse import ERROR_EVENT, LineTooLong, SSEEvent, SSEParser
+from settings import MODEL_SERVER, http_url, not_negative, positive, setting, text_or_none
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MODELS_TIMEOUT_S = 5.0  # for GET /models, when no model is configured
@@ -112,20 +113,56 @@ _WHITESPACE = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class OpenAISettings:
-    """Where the model server is and how patient to be with it (times in seconds)."""
+    """Where the model server is and how patient to be with it (times in seconds).
 
-    base_url: str = DEFAULT_BASE_URL
-    model: str = ""  # empty: the only model the server lists (see _resolve_model)
-    api_key: str | None = field(default=None, repr=False)
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    temperature: float | None = None
-    max_tokens: int | None = None
-    connect_timeout: float = 10.0
-    first_token_timeout: float = 120.0
-    idle_timeout: float = 60.0
+    Each field is also a command-line flag and, for some, an environment
+    variable (``settings.setting``): ``--base-url`` or ``OPENAI_BASE_URL``.
+    """
+
+    base_url: str = setting(
+        DEFAULT_BASE_URL,
+        "the OpenAI-compatible API, e.g. http://localhost:11434/v1 for Ollama",
+        group=MODEL_SERVER, env="OPENAI_BASE_URL", convert=http_url, metavar="URL",
+    )  # fmt: skip
+    model: str = setting(
+        "", "the model to ask; default: the only one the server lists",
+        group=MODEL_SERVER, env="OPENAI_MODEL",
+    )  # fmt: skip
+    api_key: str | None = setting(
+        None, "sent as `Authorization: Bearer …`",
+        group=MODEL_SERVER, env="OPENAI_API_KEY", convert=text_or_none, flag=False,
+    )  # fmt: skip
+    system_prompt: str | None = setting(
+        DEFAULT_SYSTEM_PROMPT, "the system message; empty for none",
+        group=MODEL_SERVER, env="OPENAI_SYSTEM_PROMPT", convert=text_or_none, metavar="TEXT",
+    )  # fmt: skip
+    temperature: float | None = setting(
+        None, "sampling temperature; default: the server's",
+        group=MODEL_SERVER, env="OPENAI_TEMPERATURE", convert=not_negative, metavar="NUMBER",
+    )  # fmt: skip
+    max_tokens: int | None = setting(
+        None, "longest answer, in tokens; default: the server's",
+        group=MODEL_SERVER, env="OPENAI_MAX_TOKENS", convert=positive(int), metavar="N",
+    )  # fmt: skip
+    connect_timeout: float = setting(
+        10.0, "seconds to wait for a connection to the model server",
+        group=MODEL_SERVER, convert=positive(float),
+    )  # fmt: skip
+    first_token_timeout: float = setting(
+        120.0, "seconds to wait for the first reasoning or answer text",
+        group=MODEL_SERVER, convert=positive(float),
+    )  # fmt: skip
+    idle_timeout: float = setting(
+        60.0, "seconds of silence from the model server (comments count as life) before giving up",
+        group=MODEL_SERVER, convert=positive(float),
+    )  # fmt: skip
     #: How long untagged content is held back in case a ``</think>`` follows
     #: (see ``providers.think_tags``): 0 turns that off, ``math.inf`` always waits.
-    reasoning_hold: float = 1.0
+    reasoning_hold: float = setting(
+        1.0, "seconds untagged text is held back in case a </think> follows "
+        "(0 = off; see providers/think_tags.py)",
+        group=MODEL_SERVER, convert=not_negative,
+    )  # fmt: skip
 
 
 def make_connector() -> aiohttp.TCPConnector:
@@ -151,7 +188,7 @@ class OpenAIProvider:
         self.url = f"{settings.base_url.rstrip('/')}/chat/completions"
         self.models_url = f"{settings.base_url.rstrip('/')}/models"
 
-    async def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
+    async def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
         """Yield the events for one prompt (see ``providers.events`` for the contract)."""
         try:
             model = await self._resolve_model()
@@ -629,7 +666,8 @@ _REASONING_DETAIL_TEXT_KEYS = {"reasoning.text": "text", "reasoning.summary": "s
 def _reasoning_detail_text(item: Any) -> str:
     if not isinstance(item, dict):
         return ""
-    key = _REASONING_DETAIL_TEXT_KEYS.get(item.get("type"))
+    kind = item.get("type")
+    key = _REASONING_DETAIL_TEXT_KEYS.get(kind) if isinstance(kind, str) else None
     text = item.get(key) if key else None
     return text if isinstance(text, str) else ""
 

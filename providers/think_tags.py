@@ -80,7 +80,7 @@ class ThinkTagSplitter:
     @property
     def hold_deadline(self) -> float | None:
         """When held text becomes answer, if text is being held; ``poll()`` then."""
-        if self._mode is not _Mode.HOLDING:
+        if self._mode is not _Mode.HOLDING or self._first_content_at is None:
             return None
         return self._first_content_at + self._hold
 
@@ -125,7 +125,8 @@ class ThinkTagSplitter:
                     break
             elif self._mode is _Mode.HOLDING:
                 if not self._split_at_close_tag(pieces):
-                    if now < self.hold_deadline:
+                    deadline = self.hold_deadline
+                    if deadline is not None and now < deadline:
                         break
                     self._mode = _Mode.ANSWERING
             else:

@@ -1,12 +1,13 @@
 """`python server.py` options: a flag beats its environment variable, which beats the default."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from providers.openai import DEFAULT_BASE_URL
+from providers.openai import DEFAULT_BASE_URL, OpenAISettings
 from server import Config, answers_from, build_parser, parse_config
 
 
@@ -134,3 +135,49 @@ def test_help_documents_every_option():
 )  # fmt: skip
 def test_start_up_log_says_where_answers_come_from_without_secrets(argv, environ, said):
     assert answers_from(parse_config(argv, environ)) == said
+
+
+def test_an_invalid_value_is_one_line_without_the_usage_block(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--max-streams", "many"], {})
+    error = capsys.readouterr().err
+    assert error == "server.py: error: --max-streams: 'many' is not valid (must be a whole number)\n"
+
+
+def test_help_groups_the_settings_and_ends_with_two_examples():
+    text = build_parser().format_help().split("\noptions:", 1)[1]  # after the usage lines
+    headings = ["the server:", "the model server", "limits", "access:", "tuning:"]
+    places = [text.index("\n" + heading) for heading in headings]
+    assert places == sorted(places)
+    examples = text.split("examples:", 1)[1]
+    assert examples.count("python server.py") == 2
+    # Each flag sits under its group's heading.
+    assert text.index("--base-url") > places[1] and text.index("--max-streams ") > places[2]
+    assert text.index("--trust-proxy") > places[3] and text.index("--grace-period") > places[4]
+
+
+@pytest.mark.parametrize("cls", [Config, OpenAISettings])
+def test_every_field_is_a_setting_declared_once(cls):
+    """Flag, environment variable, converter and help sit on the field itself."""
+    nested = {"openai"}  # OpenAISettings, declared field by field in providers/openai.py
+    for field in dataclasses.fields(cls):
+        if field.name in nested:
+            continue
+        declaration = field.metadata["setting"]
+        assert declaration.help and (declaration.flag or declaration.env), field.name
+    flags = [a.option_strings[0] for a in build_parser()._actions if a.option_strings]
+    assert len(flags) == len(set(flags))
+
+
+def test_secrets_come_only_from_the_environment_and_never_show_in_repr():
+    config = parse_config([], {"APP_PASSWORD": "hunter2", "OPENAI_API_KEY": "sk-k"})
+    assert (config.password, config.openai.api_key) == ("hunter2", "sk-k")
+    assert "hunter2" not in repr(config) and "sk-k" not in repr(config)
+    assert parse_config([], {"APP_PASSWORD": ""}).password is None
+    help_text = build_parser().format_help()
+    assert "--password" not in help_text and "--api-key" not in help_text
+
+
+def test_switches_take_no_value():
+    assert parse_config(["--trust-proxy", "--log-prompts"], {}).trust_proxy is True
+    assert parse_config([], {}).trust_proxy is False
