@@ -44,13 +44,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gc
 import hashlib
 import html
+import ipaddress
 import logging
 import math
 import os
 import re
+import resource
 import secrets
 import sys
 import time
@@ -88,6 +91,7 @@ from settings import (
     LIMITS,
     SERVER,
     TUNING,
+    host_names,
     not_negative,
     port_number,
     positive,
@@ -109,6 +113,7 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
 VENDOR: web.AppKey[dict[str, str]] = web.AppKey("vendor")  # script file name -> its URL
 SECURITY_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("security_headers")
+HOSTS: web.AppKey[frozenset[str]] = web.AppKey("hosts")  # the host names it answers to
 
 
 # --- SSE framing --------------------------------------------------------------------------
@@ -128,7 +133,20 @@ def format_event(event: str, data: str, event_id: int) -> bytes:
     """
     lines = [f"event: {event}", f"id: {event_id}"]
     lines += ["data: " + line for line in _LINE_BREAK.split(data)]
-    return ("\n".join(lines) + "\n\n").encode()
+    text = "\n".join(lines) + "\n\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot carry
+        return valid_unicode(text).encode()
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate (half of a UTF-16 pair, from a broken JSON
+    escape or a UTF-7 form) replaced by U+FFFD, the replacement character."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 PING = b": ping\n\n"  # a comment: the page ignores it, proxies and TCP see traffic
@@ -198,6 +216,11 @@ class Refusal(Exception):
         self.headers = dict(headers or {})
 
 
+#: Refusals after which the connection is closed: a body that never finished
+#: arriving, or a client past its connections at once.
+CLOSING_STATUSES = frozenset({408, 429})
+
+
 class NotClaimable(Exception):
     """The uid cannot be streamed; the message says why, for the person."""
 
@@ -209,6 +232,9 @@ UNKNOWN_UID = (
 ALREADY_STREAMING = (
     "This answer is being (or was just) streamed to another window. Please submit the prompt again."
 )
+# A browser has one connection to a stream; a reconnect may overlap the one it
+# replaces, whose end the server has not noticed yet. More are not a browser.
+MAX_LISTENERS_PER_STREAM = 3
 
 
 class Stream:
@@ -227,6 +253,7 @@ class Stream:
         self.created = time.monotonic()
         self.frames: list[bytes | None] = []  # frames[n] is the event with id n + 1
         self.closed = False  # the log ends with `close`
+        self.ended_at: float | None = None  # when `close` was appended
         self.producer: asyncio.Task[None] | None = None
         self.listeners = 0
         self.stop_reason: str | None = None  # set when we end the generation on purpose
@@ -262,6 +289,7 @@ class Stream:
         """Append `close`: the log is complete, and nothing can follow."""
         self.append(close_event())
         self.closed = True
+        self.ended_at = time.monotonic()
 
     def frames_after(self, event_id: int) -> bytes:
         return b"".join(frame for frame in self.frames[event_id:] if frame is not None)
@@ -325,7 +353,7 @@ class Store:
         """Store a prompt for ``client``; its new uid, or a Refusal naming the limit."""
         async with self.lock:
             active = [stream for stream in self._streams.values() if not stream.closed]
-            self.limits.check(active, client)
+            self.limits.check_room(active, client)
             uid = self.new_uid()
             self._streams[uid] = Stream(uid, prompt, client)
             return uid
@@ -337,13 +365,15 @@ class Store:
         caller starts one before it lets go of the lock.
         """
         stream = self._streams.get(uid)
-        if stream is None or self._expired(stream):
+        if stream is None or self._expired(stream) or self._resume_too_late(stream):
             raise NotClaimable(UNKNOWN_UID)
         if stream.producer is None:
             position = 0
         elif last_event_id is not None and 1 <= last_event_id <= len(stream.frames):
             position = last_event_id  # the browser came back: resume after its last event
         else:
+            raise NotClaimable(ALREADY_STREAMING)
+        if stream.listeners >= MAX_LISTENERS_PER_STREAM:
             raise NotClaimable(ALREADY_STREAMING)
         stream.listeners += 1
         if stream.timer is not None:
@@ -404,10 +434,18 @@ class Store:
     def _expired(self, stream: Stream) -> bool:
         return stream.producer is None and time.monotonic() - stream.created > self.config.uid_ttl
 
+    def _resume_too_late(self, stream: Stream) -> bool:
+        # A finished log is kept for one grace period, for a browser that lost
+        # `close`; reconnecting again and again must not keep it for ever.
+        ended = stream.ended_at
+        return ended is not None and time.monotonic() - ended > self.config.grace_period
+
 
 # --- the page and the bridge --------------------------------------------------------------
 
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# What the page's form sends. Multipart is refused: the page never sends it, and
+# parsing hundreds of empty parts costs far more than the prompt is worth.
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 @aiohttp_jinja2.template("index.html")
@@ -423,9 +461,12 @@ async def index(request: web.Request) -> dict[str, Any]:
 
 async def process_prompt(request: web.Request) -> web.Response:
     """The bridge: store the prompt, answer at once with the snippet that streams it."""
+    store = request.app[STORE]
+    client = client_address(request)
     try:
+        store.limits.count_prompt(client)  # first: reading the body is work
         prompt = await read_prompt(request)
-        uid = await request.app[STORE].add(prompt, client_address(request))
+        uid = await store.add(prompt, client)
     except Refusal as refusal:
         return refuse(request, refusal)
     return aiohttp_jinja2.render_template("stream.html", request, {"uid": uid})
@@ -433,11 +474,15 @@ async def process_prompt(request: web.Request) -> web.Response:
 
 async def read_prompt(request: web.Request) -> str:
     """The prompt from the form, or a Refusal that says what is wrong with it."""
-    limit = request.app[CONFIG].max_prompt_chars
-    if request.content_type not in FORM_TYPES:
+    config = request.app[CONFIG]
+    limit = config.max_prompt_chars
+    if request.content_type != FORM_TYPE:
         raise Refusal(415, "Send the prompt as a form field named 'prompt'.")
     try:
-        form = await request.post()
+        async with asyncio.timeout(config.request_timeout):  # a body sent slowly on purpose
+            form = await request.post()
+    except TimeoutError:
+        raise Refusal(408, "The prompt took too long to arrive. Please submit it again.") from None
     except web.HTTPRequestEntityTooLarge:
         raise Refusal(
             413, f"The request is too large. Prompts are limited to {limit:,} characters."
@@ -451,7 +496,7 @@ async def read_prompt(request: web.Request) -> str:
         raise Refusal(
             413, f"The prompt is {len(prompt):,} characters long; the limit is {limit:,}."
         )
-    return prompt
+    return valid_unicode(prompt)
 
 
 def refuse(request: web.Request, refusal: Refusal) -> web.Response:
@@ -460,6 +505,8 @@ def refuse(request: web.Request, refusal: Refusal) -> web.Response:
         "refusal.html", request, {"message": refusal.message}, status=refusal.status
     )
     response.headers.update(refusal.headers)
+    if refusal.status in CLOSING_STATUSES:
+        response.force_close()  # the connection itself is the problem: do not keep it
     return response
 
 
@@ -477,12 +524,19 @@ RESTARTING = "The server is restarting. Please submit the prompt again in a mome
 TOO_LONG = "The answer took longer than the server allows ({limit:.0f} s), so it was stopped."
 WRITING = "Writing…"  # the thought line of a model that does not show its reasoning
 STOPPED = "stopped"  # the reason a person's Stop button gives
+CAPPED = "too big"  # the model's text reached --max-answer-chars
 RESTARTING_REASON = "restarting"
 FINISH_NOTES = {
     "length": "The answer was cut short: the model reached its token limit.",
     "content_filter": "The answer was cut short by the model server's content filter.",
     STOPPED: "You stopped the answer here.",
+    CAPPED: "The answer was stopped here: it reached this server's limit of {max_chars:,} "
+    "characters.",
 }
+# Rendering Markdown is pure Python: a long answer (or a hostile one, such as
+# 100,000 `[`) can take seconds, so longer ones render in a thread, and every
+# other stream goes on meanwhile.
+INLINE_RENDER_CHARS = 20_000
 
 
 @dataclass
@@ -494,6 +548,8 @@ class Transcript:
     # for every token, and a long answer would cost time quadratic in its length.
     reasoning_pieces: list[str] = field(default_factory=list)
     answer_pieces: list[str] = field(default_factory=list)
+    reasoning_chars: int = 0
+    answer_chars: int = 0
     first_token_at: float | None = None
     reasoning_done_at: float | None = None
     usage: Usage | None = None
@@ -506,6 +562,16 @@ class Transcript:
     @property
     def answer(self) -> str:
         return "".join(self.answer_pieces)
+
+    def add_reasoning(self, text: str) -> None:
+        if text:
+            self.reasoning_pieces.append(text)
+            self.reasoning_chars += len(text)
+
+    def add_answer(self, text: str) -> None:
+        if text:
+            self.answer_pieces.append(text)
+            self.answer_chars += len(text)
 
     def mark_token(self, sent_at: float | None = None) -> None:
         """Text from the model: the first starts the stats' clock, from when it
@@ -552,11 +618,13 @@ class Relay:
         self.stream = stream
         self.transcript = transcript
         self._answer_sent = 0
-        self.answer = Throttle(config.answer_window, self._send_answer)
-        self.thought = Throttle(config.thought_interval, self._send_reasoning)
+        self.max_chars = config.max_answer_chars
+        self.answer = Throttle(config.answer_window)
+        self.thought = Throttle(config.thought_interval)
 
-    def take(self, event: ProviderEvent) -> bool:
-        """Take one provider event; False once the stream has failed."""
+    def take(self, event: ProviderEvent) -> str | None:
+        """Take one provider event; if it ends the stream, the outcome: "failed",
+        or CAPPED when the text reached --max-answer-chars."""
         transcript = self.transcript
         match event:
             case Status(text):
@@ -564,26 +632,38 @@ class Relay:
                 self.show_thought(text)
             case Reasoning(text, sent_at) if text:
                 transcript.mark_token(sent_at)
-                transcript.reasoning_pieces.append(text)
-                self.thought.poke()
+                room = self.max_chars - transcript.reasoning_chars
+                transcript.add_reasoning(text[:room])
+                self.thought.poke(self._send_reasoning)
+                if len(text) > room:
+                    return self.cap()
             case Answer(text, sent_at) if text:
                 transcript.mark_token(sent_at)
                 if transcript.reasoning_done_at is None:
                     transcript.reasoning_done_at = time.monotonic()
                     if transcript.reasoning_pieces:
-                        self.thought.flush()  # the reasoning's last words before the answer
+                        # The reasoning's last words, before the answer.
+                        self.thought.flush(self._send_reasoning)
                     else:
                         self.show_thought(WRITING)
-                transcript.answer_pieces.append(text)
-                self.answer.poke()
+                room = self.max_chars - transcript.answer_chars
+                transcript.add_answer(text[:room])
+                self.answer.poke(self._send_answer)
+                if len(text) > room:
+                    return self.cap()
             case Usage():
                 transcript.usage = event
             case Finished(reason):
                 transcript.finish_reason = reason
             case Failure(message):
                 self.fail(message)
-                return False
-        return True
+                return "failed"
+        return None
+
+    def cap(self) -> str:
+        """The model's text reached --max-answer-chars: what came so far is the answer."""
+        self.transcript.finish_reason = CAPPED
+        return CAPPED
 
     def show_thought(self, text: str) -> None:
         """The one place a thought is sent; the page shows only the newest."""
@@ -609,8 +689,8 @@ class Relay:
         self.stream.append(final_answer_event(rendered_answer))
 
     def flush(self) -> None:
-        self.thought.flush()
-        self.answer.flush()
+        self.thought.flush(self._send_reasoning)
+        self.answer.flush(self._send_answer)
 
     def discard(self) -> None:
         """Cancel the pending sends: nothing may follow `close`."""
@@ -633,13 +713,14 @@ async def produce(app: web.Application, stream: Stream) -> None:
         async with asyncio.timeout(config.max_duration):
             async with aclosing(app[PROVIDER].stream(stream.prompt)) as events:
                 async for event in events:
-                    if not relay.take(event):
-                        outcome = "failed"
+                    ending = relay.take(event)
+                    if ending is not None:
+                        outcome = ending  # leaving the loop closes the provider
                         break
                 else:
                     outcome = "done"
-        if outcome == "done":
-            relay.finish(render_final_answer(app, stream.uid, transcript))
+        if outcome in ("done", CAPPED):
+            relay.finish(await render_final_answer(app, stream.uid, transcript))
     except TimeoutError:
         outcome = "too long"
         relay.fail(TOO_LONG.format(limit=config.max_duration))
@@ -650,7 +731,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         this_task().uncancel()  # we asked for this cancellation; it is handled
         if stream.stop_reason == STOPPED:
             transcript.finish_reason = STOPPED
-            relay.finish(render_final_answer(app, stream.uid, transcript))
+            relay.finish(await render_final_answer(app, stream.uid, transcript))
         else:
             relay.fail(RESTARTING)
     except Exception:
@@ -670,19 +751,20 @@ def this_task() -> asyncio.Task[Any]:
     return task
 
 
-def render_final_answer(app: web.Application, uid: str, transcript: Transcript) -> str:
-    return (
-        aiohttp_jinja2.get_env(app)
-        .get_template("final_answer.html")
-        .render(
-            uid=uid,
-            transcript=transcript,
-            reasoning_seconds=transcript.reasoning_seconds(),
-            note=FINISH_NOTES.get(transcript.finish_reason or ""),
-            stats=transcript.stats(),
-            model=app[PROVIDER].model,
-        )
+async def render_final_answer(app: web.Application, uid: str, transcript: Transcript) -> str:
+    note = FINISH_NOTES.get(transcript.finish_reason or "")
+    render = functools.partial(
+        aiohttp_jinja2.get_env(app).get_template("final_answer.html").render,
+        uid=uid,
+        transcript=transcript,
+        reasoning_seconds=transcript.reasoning_seconds(),
+        note=note and note.format(max_chars=app[CONFIG].max_answer_chars),
+        stats=transcript.stats(),
+        model=app[PROVIDER].model,
     )
+    if transcript.answer_chars + transcript.reasoning_chars <= INLINE_RENDER_CHARS:
+        return render()
+    return await asyncio.to_thread(render)
 
 
 def log_stream(app: web.Application, stream: Stream, outcome: str, transcript: Transcript) -> None:
@@ -749,7 +831,11 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
 def last_event_id(request: web.Request) -> int | None:
     """The id of the last event the browser got, when it reconnects by itself."""
     header = request.headers.get("Last-Event-ID", "")
-    return int(header) if header.isdecimal() else None
+    # Ids are small: a longer header is no id of ours (and int() of 4,300 digits raises).
+    return int(header) if header.isdecimal() and len(header) <= MAX_ID_DIGITS else None
+
+
+MAX_ID_DIGITS = 18
 
 
 async def listen(
@@ -828,8 +914,22 @@ async def background_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(config: Config, provider: Provider | None = None) -> web.Application:
     """The whole app. Tests may pass their own ``provider``; else ``config`` picks one."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[guard],
+        handler_args={
+            # aiohttp closes a connection that has not sent a whole request
+            # within this time, from its first byte on (the body has its own).
+            "keepalive_timeout": config.request_timeout,
+            # After an answer sent before the body ended (a 408), the rest of
+            # the body is read (so the answer is not lost) for this long, then
+            # the connection is closed: not the 10 s aiohttp would give it.
+            "lingering_time": 1.0,
+            "access_log_class": AccessLogger,
+        },
+    )
     app[CONFIG] = config
+    app[HOSTS] = allowed_hosts(config)
     app[STORE] = Store(config)
     app[VENDOR] = script_urls = find_vendor_scripts()
     app[SECURITY_HEADERS] = security_headers_for(script_urls)  # built once, sent always
@@ -846,6 +946,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     else:
         app[PROVIDER] = provider
     app.cleanup_ctx.append(background_ctx)
+    app.on_startup.append(quiet_accept_errors)
     app.on_response_prepare.append(add_security_headers)
     app.on_shutdown.append(end_streams)
     app.router.add_get("/", index)
@@ -869,38 +970,39 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
 # --- limits -------------------------------------------------------------------------------
 
 RATE_WINDOW_S = 60.0  # prompts_per_minute counts the prompts of the last minute
+# A prompt counts against the stream limits while it streams, or while it waits
+# for its stream only this long: the page opens it within milliseconds, and
+# prompts posted and never opened must not lock everyone else out for --uid-ttl.
+PENDING_COUNTS_S = 5.0
+# Wrong passwords: this many per client are free, then each one more doubles
+# the wait before the next try (1 s, 2 s, 4 s… at most a minute).
+FREE_PASSWORD_TRIES = 5
+MAX_PASSWORD_WAIT_S = 60.0
+PASSWORD_MEMORY_S = 600.0  # a client's wrong tries are forgotten after this long
 TRY_LATER = "Please try again in a few seconds."
 RETRY = {"Retry-After": "5"}
 
 
 class Limits:
-    """The limits a new prompt must pass (each a flag), and each client's recent prompts."""
+    """What one client, and everyone together, may do at once (each limit a flag).
+
+    It counts each client's prompts of the last minute, requests in flight and
+    wrong passwords; ``forget_idle_clients`` drops what no longer matters.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._recent: dict[str, deque[float]] = {}  # each client's prompts in the last minute
+        self._in_flight: dict[str, int] = {}  # each client's requests being handled
+        self._wrong_passwords: dict[str, tuple[int, float]] = {}  # client -> (count, last)
 
-    def check(self, active: list[Stream], client: str) -> None:
-        """Raise a Refusal naming the limit a new prompt from ``client`` would pass;
-        else count the prompt."""
-        config = self.config
-        if sum(stream.producer is None for stream in active) >= config.max_pending:
-            raise Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER, RETRY)
-        if len(active) >= config.max_streams:
-            raise Refusal(503, "The server is answering as many prompts as it can. " + TRY_LATER,
-                          RETRY)  # fmt: skip
-        mine = sum(stream.client == client for stream in active)
-        if mine >= config.max_streams_per_client:
-            raise Refusal(
-                429,
-                f"You already have {mine} answers streaming; wait for one to finish.",
-                RETRY,
-            )
+    def count_prompt(self, client: str) -> None:
+        """Count a prompt against the client's rate, before any work is done for it."""
         now = time.monotonic()
         recent = self._recent.setdefault(client, deque())
         while recent and now - recent[0] > RATE_WINDOW_S:
             recent.popleft()
-        if len(recent) >= config.prompts_per_minute:
+        if len(recent) >= self.config.prompts_per_minute:
             wait = math.ceil(RATE_WINDOW_S - (now - recent[0]))
             raise Refusal(
                 429,
@@ -910,12 +1012,75 @@ class Limits:
             )
         recent.append(now)
 
+    def check_room(self, active: list[Stream], client: str) -> None:
+        """Raise a Refusal if one more prompt from ``client`` would pass a stream limit."""
+        config = self.config
+        now = time.monotonic()
+        pending = [stream for stream in active if stream.producer is None]
+        if len(pending) >= config.max_pending:
+            raise Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER, RETRY)
+        waiting = sum(stream.client == client for stream in pending)
+        if waiting >= config.max_pending_per_client:
+            raise Refusal(
+                429,
+                f"You have {waiting} prompts waiting for their answer to be opened. " + TRY_LATER,
+                RETRY,
+            )
+        counted = [
+            stream
+            for stream in active
+            if stream.producer is not None or now - stream.created < PENDING_COUNTS_S
+        ]
+        if len(counted) >= config.max_streams:
+            raise Refusal(503, "The server is answering as many prompts as it can. " + TRY_LATER,
+                          RETRY)  # fmt: skip
+        mine = sum(stream.client == client for stream in counted)
+        if mine >= config.max_streams_per_client:
+            raise Refusal(
+                429,
+                f"You already have {mine} answers streaming; wait for one to finish.",
+                RETRY,
+            )
+
+    def enter(self, client: str) -> None:
+        """A request from ``client`` starts; refused past its connections at once."""
+        in_flight = self._in_flight.get(client, 0)
+        if in_flight >= self.config.max_connections_per_client:
+            raise Refusal(
+                429, f"Your address has {in_flight} requests open here already. " + TRY_LATER, RETRY
+            )
+        self._in_flight[client] = in_flight + 1
+
+    def leave(self, client: str) -> None:
+        in_flight = self._in_flight.pop(client) - 1
+        if in_flight:
+            self._in_flight[client] = in_flight
+
+    def password_wait(self, client: str) -> float:
+        """Seconds ``client`` must wait before its next password try counts (0: none)."""
+        count, last = self._wrong_passwords.get(client, (0, 0.0))
+        if count < FREE_PASSWORD_TRIES:
+            return 0.0
+        wait = min(2.0 ** (count - FREE_PASSWORD_TRIES), MAX_PASSWORD_WAIT_S)
+        return max(0.0, last + wait - time.monotonic())
+
+    def password_tried(self, client: str, right: bool) -> None:
+        if right:
+            self._wrong_passwords.pop(client, None)
+        else:
+            count, _ = self._wrong_passwords.get(client, (0, 0.0))
+            self._wrong_passwords[client] = (count + 1, time.monotonic())
+
     def forget_idle_clients(self) -> None:
-        """Drop the counters of clients with no prompt in the last minute."""
+        """Drop the counters of clients with no prompt in the last minute, and wrong
+        passwords tried long ago, so that memory stays flat."""
         now = time.monotonic()
         for client, recent in list(self._recent.items()):
             if not recent or now - recent[-1] > RATE_WINDOW_S:
                 del self._recent[client]
+        for client, (_, last) in list(self._wrong_passwords.items()):
+            if now - last > PASSWORD_MEMORY_S:
+                del self._wrong_passwords[client]
 
     def clients_counted(self) -> int:
         return len(self._recent)
@@ -930,32 +1095,35 @@ class Throttle:
     Poked when it has been quiet, it sends at once (the first token is never
     held back); poked again within the interval, it sends once at the end of
     it, with whatever piled up. An interval of 0 sends on every poke.
+
+    ``send`` is given with each call, not kept: only a scheduled send holds
+    it, so a finished stream's Relay and its Throttles hold no cycle, and
+    reference counting frees them (and the answer) at once.
     """
 
-    def __init__(self, interval: float, send: Callable[[], None]) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._send = send
         self._pending = False
         self._last = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
-    def poke(self) -> None:
+    def poke(self, send: Callable[[], None]) -> None:
         self._pending = True
         if self._timer is None:
             wait = self._last + self.interval - self._loop.time()
             if wait <= 0:
-                self.flush()
+                self.flush(send)
             else:
-                self._timer = self._loop.call_later(wait, self.flush)
+                self._timer = self._loop.call_later(wait, self.flush, send)
 
-    def flush(self) -> None:
+    def flush(self, send: Callable[[], None]) -> None:
         """Send now if anything is waiting."""
         self.discard()
         if self._pending:
             self._pending = False
             self._last = self._loop.time()
-            self._send()
+            send()
 
     def discard(self) -> None:
         """Forget the scheduled send (the caller sends something newer itself)."""
@@ -1001,10 +1169,114 @@ async def write(
         raise ClientTooSlow from None
 
 
+# --- open files ----------------------------------------------------------------------------
+
+ACCEPT_ERROR_LOG_INTERVAL_S = 60.0
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit: each
+    stream holds two sockets, and Linux's usual soft limit is 1,024. Returns
+    the limit before and after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return soft, soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, hard
+
+
+async def quiet_accept_errors(app: web.Application) -> None:
+    """Log a failed accept() at most once a minute.
+
+    Out of open files, asyncio fails each accept() and logs every failure:
+    under a flood of connections that grew the log by megabytes a second.
+    """
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    last_logged = -math.inf
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        nonlocal last_logged
+        if isinstance(context.get("exception"), OSError) and "accept" in context.get("message", ""):
+            now = time.monotonic()
+            if now - last_logged >= ACCEPT_ERROR_LOG_INTERVAL_S:
+                last_logged = now
+                log.error(
+                    "cannot accept connections: %s (said at most once a minute)",
+                    context["exception"],
+                )
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 # --- access: who may use the app ----------------------------------------------------------
 
 OPEN_PATHS = frozenset({"/healthz"})  # for health checks, which carry no password
 REALM = 'Basic realm="HTMX AI Stream", charset="UTF-8"'
+UNKNOWN_HOST = (
+    "This server does not answer to that host name. Its operator can allow it with --allowed-hosts."
+)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Who may ask what: a host name this app answers to, a client within its
+    requests at once, the password (if one is set), and no POSTs from other sites."""
+    if request.path in OPEN_PATHS:
+        response: web.StreamResponse = await handler(request)
+        return response
+    if not host_allowed(request.host, request.app[HOSTS]):
+        return refuse(request, Refusal(400, UNKNOWN_HOST))
+    client = client_address(request)
+    limits = request.app[STORE].limits
+    try:
+        limits.enter(client)
+    except Refusal as refusal:
+        return refuse(request, refusal)
+    try:
+        refused = password_refusal(request, client)
+        if refused is not None:
+            return refused
+        if request.method == "POST" and cross_site(request):
+            return refuse(request, Refusal(403, "Prompts can only be sent from this app's page."))
+        response = await handler(request)
+        return response
+    finally:
+        limits.leave(client)
+
+
+def host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    """Whether the Host header names this app.
+
+    A page on another site can point its own host name at 127.0.0.1 and have
+    the browser send requests here under that name (DNS rebinding): refusing
+    names we do not know stops it. An IP address is never such a name.
+    """
+    if "*" in allowed:
+        return True
+    try:
+        name = URL(f"//{host}").host
+    except ValueError:
+        return False
+    if not name:
+        return False
+    name = name.rstrip(".").lower()
+    if name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_hosts(config: Config) -> frozenset[str]:
+    """The host names the app answers to, besides IP addresses (see host_allowed)."""
+    return frozenset({"localhost", config.host.lower(), *config.allowed_hosts})
 
 
 def client_address(request: web.Request) -> str:
@@ -1012,13 +1284,45 @@ def client_address(request: web.Request) -> str:
 
     Behind a reverse proxy every request comes from the proxy; with
     --trust-proxy the last X-Forwarded-For entry (the one our proxy added) is
-    the client. Without it the header is ignored: anyone can write one.
+    the client, if it is an IP address. Without the flag the header is
+    ignored: anyone can write one.
     """
     if request.app[CONFIG].trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded.strip():
-            return forwarded.split(",")[-1].strip()
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(forwarded))
+        except ValueError:
+            pass  # not an address: the proxy's own is the best we know
     return request.remote or "unknown"
+
+
+def password_refusal(request: web.Request, client: str) -> web.Response | None:
+    """None if the request may go on; else a 401 that asks for the password, or a
+    429 while the client waits after too many wrong ones."""
+    password = request.app[CONFIG].password
+    if not password:
+        return None
+    limits = request.app[STORE].limits
+    wait = limits.password_wait(client)
+    if wait:
+        seconds = math.ceil(wait)
+        return web.Response(
+            status=429,
+            text=f"Too many wrong passwords from your address. Please wait {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
+    if password_matches(request, password):
+        limits.password_tried(client, right=True)
+        return None
+    if "Authorization" in request.headers:
+        limits.password_tried(client, right=False)
+    # The browser asks for the password and sends it with every request after
+    # that, the page's event streams included.
+    return web.Response(
+        status=401,
+        text="This app needs a password (with any user name).",
+        headers={"WWW-Authenticate": REALM},
+    )
 
 
 def password_matches(request: web.Request, password: str) -> bool:
@@ -1037,41 +1341,38 @@ def cross_site(request: web.Request) -> bool:
 
     Only host names are compared (Origin's and the Host header's): behind a
     TLS proxy the browser says https while this server sees http, and the
-    proxy may drop the port from Host.
+    proxy may drop the port from Host. An Origin that is not a URL is foreign.
     """
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
         return site not in ("same-origin", "none")
     origin = request.headers.get("Origin")
-    return origin is not None and URL(origin).host != URL(f"//{request.host}").host
+    if origin is None:
+        return False
+    try:
+        return URL(origin).host != URL(f"//{request.host}").host
+    except ValueError:
+        return True
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The password (if one is set) for everything, and no POSTs from other sites."""
-    password = request.app[CONFIG].password
-    if password and request.path not in OPEN_PATHS and not password_matches(request, password):
-        # The browser asks for the password and sends it with every request
-        # after that, the page's event streams included.
-        return web.Response(
-            status=401,
-            text="This app needs a password (with any user name).",
-            headers={"WWW-Authenticate": REALM},
-        )
-    if request.method == "POST" and cross_site(request):
-        return refuse(request, Refusal(403, "Prompts can only be sent from this app's page."))
-    response: web.StreamResponse = await handler(request)
-    return response
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` fit for one log line: a control character (a line break from
+    ``%0A`` in a path, say) is written as an escape, so nobody can forge a line."""
+    return _CONTROL_CHARACTER.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 class AccessLogger(web.AbstractAccessLogger):
-    """aiohttp's access log line, without the query string: a stream's URL
-    carries its uid, and a log line must not hand anyone the answer."""
+    """aiohttp's access log line, without the query string (a stream's URL
+    carries its uid, and a log line must not hand anyone the answer), and
+    with every value made printable."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
-            '%s "%s %s" %s %.3fs', request.remote, request.method, request.path,
-            response.status, time,
+            '%s "%s %s" %s %.3fs', printable(request.remote or "-"), printable(request.method),
+            printable(request.path), response.status, time,
         )  # fmt: skip
 
 
@@ -1281,6 +1582,23 @@ class Config:
     max_pending: int = setting(
         1000, "prompts that may wait for their stream at once", group=LIMITS, convert=positive(int)
     )
+    max_pending_per_client: int = setting(
+        8, "prompts one client IP may have waiting for their stream",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    max_connections_per_client: int = setting(
+        24, "requests one client IP may have in flight at once (an open stream is one)",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    request_timeout: float = setting(
+        10.0, "seconds a client may take to send a request's headers, and again its body",
+        group=LIMITS, convert=positive(float),
+    )  # fmt: skip
+    max_answer_chars: int = setting(
+        100_000, "longest answer (and reasoning) kept, in characters; then the answer ends "
+        "with a note and the model server is released",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
     uid_ttl: float = setting(
         60.0, "seconds a prompt waits for its stream before it expires",
         group=LIMITS, convert=positive(float),
@@ -1294,6 +1612,11 @@ class Config:
     )  # fmt: skip
 
     # Access.
+    allowed_hosts: tuple[str, ...] = setting(
+        (), "comma-separated host names this app answers to, besides localhost, IP "
+        "addresses and --host (* for any); others get a 400 (DNS rebinding)",
+        group=ACCESS, env="ALLOWED_HOSTS", convert=host_names, metavar="NAMES",
+    )  # fmt: skip
     password: str | None = setting(
         None, "asks every visitor for this password",
         group=ACCESS, env="APP_PASSWORD", convert=text_or_none, flag=False,
@@ -1359,7 +1682,31 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     if "provider" not in values:
         configured = "base_url" in openai or openai.get("api_key")
         values["provider"] = "openai" if configured else "demo"
-    return Config(openai=OpenAISettings(**openai), **values)
+    config = Config(openai=OpenAISettings(**openai), **values)
+    for problem in config_problems(config):
+        parser.error(problem)
+    return config
+
+
+def config_problems(config: Config) -> list[str]:
+    """Values that are each valid but do not go together."""
+    problems = []
+    base_url = URL(config.openai.base_url)
+    if (base_url.user or base_url.password) and config.openai.api_key:
+        problems.append(
+            "the model server's URL carries a user name and password, and OPENAI_API_KEY "
+            "is set too: a request can carry only one of them, so remove one"
+        )
+    for each, everyone in [
+        ("max_streams_per_client", "max_streams"),
+        ("max_pending_per_client", "max_pending"),
+    ]:
+        if getattr(config, each) >= getattr(config, everyone):
+            problems.append(
+                f"--{each.replace('_', '-')} must be below --{everyone.replace('_', '-')}: "
+                "else one client could take them all and lock everyone else out"
+            )
+    return problems
 
 
 def public_url(text: str) -> str:
@@ -1397,6 +1744,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv if argv is not None else sys.argv[1:], os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log.info("answers come from %s", answers_from(config))
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info("open files: at most %d (the soft limit was %d)", after, before)
+    else:
+        log.info("open files: at most %d", after)
     app = make_app(config)
     gc.freeze()  # the modules and the app live as long as the process: never scan them again
     gc.set_threshold(*GC_THRESHOLDS)
@@ -1414,7 +1766,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             # A browser that leaves has its handler cancelled at once (not at the next ping).
             handler_cancellation=True,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            access_log_class=AccessLogger,
         )
     except OSError as error:  # the port is taken, or the address is not this machine's
         sys.exit(f"Cannot listen on {config.host}:{config.port}: {error.strerror or error}")

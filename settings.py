@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -126,6 +127,18 @@ def http_url(text: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an http(s) URL, as in http://127.0.0.1:8080/v1")
     return text
+
+
+def host_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of host names, as in "chat.example.org,example.org"."""
+    names = tuple(name.strip().rstrip(".").lower() for name in text.split(",") if name.strip())
+    for name in names:
+        if name != "*" and not _HOST_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a host name")
+    return names
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 
 
 def text_or_none(text: str) -> str | None:

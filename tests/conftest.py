@@ -75,6 +75,8 @@ TEST_DEFAULTS = {
     "thought_interval": 0.0,
     "grace_period": 0.0,
     "max_streams_per_client": 1000,
+    "max_pending_per_client": 1000,
+    "max_connections_per_client": 10_000,
     "prompts_per_minute": 1000,
 }
 

@@ -123,8 +123,7 @@ def test_help_documents_every_option():
 @pytest.mark.parametrize(
     ("argv", "environ", "said"),
     [([], {}, "the demo provider"),
-     (["--base-url", "http://user:pw@127.0.0.1:11434/v1", "--model", "qwen3"],
-      {"OPENAI_API_KEY": "sk-secret"},
+     (["--base-url", "http://user:pw@127.0.0.1:11434/v1", "--model", "qwen3"], {},
       "the model server at http://127.0.0.1:11434/v1, model qwen3"),
      (["--base-url", "https://me:pw@models.example/v1?key=k#x"], {"OPENAI_MODEL": "m"},
       "the model server at https://models.example/v1, model m"),
@@ -141,7 +140,9 @@ def test_an_invalid_value_is_one_line_without_the_usage_block(capsys):
     with pytest.raises(SystemExit):
         parse_config(["--max-streams", "many"], {})
     error = capsys.readouterr().err
-    assert error == "server.py: error: --max-streams: 'many' is not valid (must be a whole number)\n"
+    assert (
+        error == "server.py: error: --max-streams: 'many' is not valid (must be a whole number)\n"
+    )
 
 
 def test_help_groups_the_settings_and_ends_with_two_examples():
@@ -181,3 +182,29 @@ def test_secrets_come_only_from_the_environment_and_never_show_in_repr():
 def test_switches_take_no_value():
     assert parse_config(["--trust-proxy", "--log-prompts"], {}).trust_proxy is True
     assert parse_config([], {}).trust_proxy is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [(["--base-url", "http://user:pw@127.0.0.1:11434/v1"], {"OPENAI_API_KEY": "sk-secret"},
+      "carries a user name and password, and OPENAI_API_KEY is set too"),
+     (["--max-streams", "10", "--max-streams-per-client", "10"], {},
+      "--max-streams-per-client must be below --max-streams"),
+     (["--max-pending", "5", "--max-pending-per-client", "8"], {},
+      "--max-pending-per-client must be below --max-pending")],
+    ids=["url-credentials-and-key", "one-client-takes-every-stream", "one-client-takes-every-wait"],
+)  # fmt: skip
+def test_settings_that_do_not_go_together_are_refused_at_start(capsys, argv, environ, message):
+    with pytest.raises(SystemExit):
+        parse_config(argv, environ)
+    error = capsys.readouterr().err
+    assert message in error
+    assert "pw" not in error and "sk-secret" not in error
+
+
+def test_allowed_hosts_are_host_names(capsys):
+    config = parse_config([], {"ALLOWED_HOSTS": "Chat.Example.org., example.org"})
+    assert config.allowed_hosts == ("chat.example.org", "example.org")
+    with pytest.raises(SystemExit):
+        parse_config(["--allowed-hosts", "http://evil/"], {})
+    assert "is not a host name" in capsys.readouterr().err
