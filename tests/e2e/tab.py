@@ -19,19 +19,19 @@ from playwright.async_api import ConsoleMessage, Dialog, Error, Locator, Page, R
 
 OBSERVER_SCRIPT = Path(__file__).with_name("observe.js")
 
-# Console errors the browser logs even when the app does everything right,
-# each one explained in the htmx SSE lab note (/work/shared/notes/htmx-sse-lab.md).
-# Tests allow them by name, only where they are expected.
+# Console errors the browser logs even when the app does everything right
+# (measured with htmx 2.0.11, htmx-ext-sse 2.2.4 and Chromium). Tests allow
+# them by name, only where they are expected.
 #
-# Section 8: when the server refuses a prompt (422, 413) the page shows our
-# readable message, and Chromium still logs its own line about the status.
-# No page code can silence it.
+# When the server refuses a prompt (422, 413) the page shows our readable
+# message, and Chromium still logs its own "Failed to load resource" line
+# about the status. No page code can silence it.
 REFUSAL_STATUS_LINE = re.compile(
     r"^Failed to load resource: the server responded with a status of (413|422)\b"
 )
-# Section 6, pitfall E: an `event: error` from the server is shown correctly,
-# but it also reaches htmx-ext-sse's EventSource `onerror`, which logs the
-# event object with console.error.
+# An `event: error` from the server is shown correctly, but since `error` is
+# also the name of EventSource's own failure event, it reaches htmx-ext-sse's
+# `onerror` as well, which logs the event object with console.error.
 SSE_ERROR_EVENT_LINE = re.compile(r"^\[object MessageEvent\]$")
 
 
