@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from providers.demo import DemoProvider  # noqa: E402
 from providers.events import Answer  # noqa: E402
+from tests.snippet import uid_from_snippet  # noqa: E402
 from tests.sse_client import parse_stream  # noqa: E402
 
 FATES = {"read": 0.5, "resume": 0.15, "leave": 0.2, "abandon": 0.15}
@@ -85,7 +86,7 @@ async def one_prompt(session, base: str, n: int, fate: str, rng: random.Random, 
     prompt = f"Soak prompt number {n}: " + "word " * rng.randint(0, 30)
     async with session.post(f"{base}/process_prompt", data={"prompt": prompt}) as response:
         snippet = await response.text()
-    uid = snippet.split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(snippet)
     if fate == "abandon":
         return
     url = f"{base}/response-stream"

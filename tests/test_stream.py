@@ -12,6 +12,7 @@ from aiohttp import ClientSession, web
 from providers.events import Answer, Failure, Finished, Reasoning, Status, Usage
 from server import STORE, Config, make_app
 from tests.conftest import Crash, Hang, Pause, ScriptedProvider, post_prompt, read_stream
+from tests.snippet import uid_from_snippet
 
 UID = re.compile(r"^u[0-9a-f]{32}$")
 
@@ -37,7 +38,7 @@ async def test_post_returns_the_sse_snippet_with_four_listeners(start_app):
     client = await start_app()
     response = await client.post("/process_prompt", data={"prompt": "Hi"})
     snippet = await response.text()
-    uid = snippet.split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(snippet)
 
     assert response.status == 200
     assert response.content_type == "text/html"
@@ -337,7 +338,7 @@ async def test_failed_ping_to_a_departed_client_ends_the_stream():
     try:
         async with ClientSession(f"http://127.0.0.1:{port}") as session:
             response = await session.post("/process_prompt", data={"prompt": "hi"})
-            uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+            uid = uid_from_snippet(await response.text())
             stream = await session.get("/response-stream", params={"uid": uid})
             await stream.content.readuntil(b"\n\n")
             stream.close()

@@ -17,6 +17,8 @@ from typing import Any
 
 from playwright.async_api import ConsoleMessage, Dialog, Error, Locator, Page, Request
 
+from tests.snippet import uid_from_snippet
+
 OBSERVER_SCRIPT = Path(__file__).with_name("observe.js")
 
 # Console errors the browser logs even when the app does everything right
@@ -102,7 +104,7 @@ class Tab:
         """The uid of the stream now on the page, from its sse-connect URL."""
         url = await self.response.locator("[sse-connect]").get_attribute("sse-connect")
         assert url is not None
-        return url.split("uid=", 1)[1]
+        return uid_from_snippet(url)
 
     async def timeline(self) -> list[dict[str, Any]]:
         """Each visible state of thought, answer and error line, in order (observe.js)."""
