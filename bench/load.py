@@ -26,7 +26,6 @@ import asyncio
 import gc
 import html
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,9 +34,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from bench.protocol import Directive, answer_is_exact, read_tokens
+from tests.snippet import STREAM_URL, uid_from_snippet
 
 BLOCK_END = b"\n\n"  # both servers under test end events with a bare LF pair
-UID_IN_SNIPPET = re.compile(r"uid=(u[0-9a-f]+)")
 CONNECT_LIMIT_S = 10.0
 NANOS = 1_000_000_000
 #: How many streams may be opening (POST, then GET up to its headers) at once
@@ -169,9 +168,11 @@ async def open_stream(
         return await session.post(f"{target.base}/v1/chat/completions", json=body)
     async with session.post(f"{target.base}/process_prompt", data={"prompt": prompt}) as posted:
         snippet = await posted.text()
-        if posted.status != 200 or not (found := UID_IN_SNIPPET.search(snippet)):
+        if posted.status != 200 or STREAM_URL not in snippet:
             raise Refused(f"{posted.status}: {snippet[:120]}")
-    return await session.get(f"{target.base}/response-stream", params={"uid": found.group(1)})
+    return await session.get(
+        f"{target.base}/response-stream", params={"uid": uid_from_snippet(snippet)}
+    )
 
 
 async def read_blocks(response: aiohttp.ClientResponse, received: Received) -> None:

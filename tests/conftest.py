@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from providers.events import Provider, ProviderEvent
 from server import Config, make_app
+from tests.snippet import uid_from_snippet
 from tests.sse_client import SSEEvent, parse_stream
 
 # The scriptable fake OpenAI-compatible server: the `fake_upstream` fixture.
@@ -108,8 +109,7 @@ async def post_prompt(client: TestClient, prompt: str = "Hello") -> str:
     """POST a prompt and return the uid from the snippet."""
     response = await client.post("/process_prompt", data={"prompt": prompt})
     assert response.status == 200, await response.text()
-    snippet = await response.text()
-    return snippet.split("/response-stream?uid=", 1)[1].split('"', 1)[0]
+    return uid_from_snippet(await response.text())
 
 
 async def read_stream(client: TestClient, uid: str) -> tuple[str, list[SSEEvent], list[str]]:

@@ -8,7 +8,9 @@ dispatched (the reason ``close`` must carry one).
 
 from __future__ import annotations
 
+import html
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -44,3 +46,8 @@ def parse_stream(text: str) -> tuple[list[SSEEvent], list[str]]:
         elif field == "id":
             event_id = value
     return events, comments
+
+
+def answer_of(events: Iterable[SSEEvent]) -> str:
+    """The answer text the page shows: the ``answer_chunk`` data, joined and unescaped."""
+    return "".join(html.unescape(e.data) for e in events if e.event == "answer_chunk")

@@ -5,6 +5,7 @@ import base64
 import pytest
 
 from tests.conftest import post_prompt, read_stream
+from tests.snippet import uid_from_snippet
 
 
 def basic(password: str, user: str = "anyone") -> dict[str, str]:
@@ -30,7 +31,7 @@ async def test_right_password_lets_everything_through(start_app):
     auth = basic("open sesame")
     assert (await client.get("/", headers=auth)).status == 200
     response = await client.post("/process_prompt", data={"prompt": "hi"}, headers=auth)
-    uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(await response.text())
     stream = await client.get("/response-stream", params={"uid": uid}, headers=auth)
     assert "event: final_answer" in await stream.text()
 
@@ -98,7 +99,7 @@ async def test_page_has_no_inline_script_or_style(start_app):
     client = await start_app()
     page = await (await client.get("/")).text()
     snippet = await (await client.post("/process_prompt", data={"prompt": "hi"})).text()
-    uid = snippet.split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(snippet)
     _, events, _ = await read_stream(client, uid)
     for markup in [page, snippet, *(e.data for e in events)]:
         assert "<script>" not in markup and "style=" not in markup and "<style" not in markup

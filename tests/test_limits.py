@@ -74,6 +74,28 @@ async def test_answer_longer_than_max_duration_is_stopped(start_app):
     assert provider.closed.is_set()
 
 
+async def open_stream_and_read_nothing(client, uid, receive_buffer):
+    """A raw socket that sends the stream's GET, with a small receive buffer, and
+    reads nothing until the test says so."""
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    writer.write(f"GET /response-stream?uid={uid} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def no_listeners_left(client, within=10.0):
+    """Poll /healthz until no stream has a listener; whether it came to that."""
+    deadline = asyncio.get_running_loop().time() + within
+    while (await (await client.get("/healthz")).json())["listeners"] != 0:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 async def test_a_client_that_reads_nothing_is_dropped(start_app):
     """A frozen browser must not hold the server's memory without bound."""
     big = "x" * 200_000
@@ -81,23 +103,43 @@ async def test_a_client_that_reads_nothing_is_dropped(start_app):
     client = await start_app(provider=provider, write_timeout=0.3)
     uid = await post_prompt(client)
 
-    # A raw socket that sends the request and then never reads.
-    host, port = client.server.host, client.server.port
-    _reader, writer = await asyncio.open_connection(host, port)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    writer.write(f"GET /response-stream?uid={uid} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    await writer.drain()
+    _reader, writer = await open_stream_and_read_nothing(client, uid, receive_buffer=4096)
+    try:
+        assert await no_listeners_left(client)
+    finally:
+        writer.close()
 
-    async def listeners():
-        return (await (await client.get("/healthz")).json())["listeners"]
 
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if await listeners() == 0:
-            break
-    assert await listeners() == 0
-    writer.close()
+async def test_a_client_that_reads_nothing_has_its_connection_closed(start_app):
+    """The frozen browser's connection is cut, not left open nor ended as a
+    finished response: read again, it gives what the buffers still held, then
+    the end of the connection, in the middle of the response body."""
+    # About 10 MB, far more than the socket buffers hold while nothing is read.
+    provider = ScriptedProvider([Answer("x" * 200_000) for _ in range(50)] + [Hang()])
+    client = await start_app(provider=provider, write_timeout=0.5)
+    uid = await post_prompt(client)
+
+    # Not 4096: so small a window makes reading the buffers back take minutes.
+    reader, writer = await open_stream_and_read_nothing(client, uid, receive_buffer=65536)
+    try:
+        assert await no_listeners_left(client)  # dropped after the write timeout
+        tail = b""
+        try:
+            async with asyncio.timeout(10):
+                while data := await reader.read(1 << 16):
+                    tail = (tail + data)[-16:]
+        except ConnectionResetError:
+            pass  # cut with a reset: the connection is closed too
+        except TimeoutError:
+            pytest.fail("the connection was still open 10 s after the client was dropped")
+        # A finished chunked body ends with a last, empty chunk. Had the server
+        # only let go of the stream, aiohttp would finish the response and then
+        # wait for the next request; aiohttp 3.14 in fact closes the connection
+        # as well (the timed-out write left its drain waiter cancelled, so
+        # finishing fails at once), so the cut body is what shows it was cut.
+        assert not tail.endswith(b"\r\n0\r\n\r\n"), "the response was finished, not cut"
+    finally:
+        writer.close()
 
 
 async def test_limits_keep_the_server_serving(start_app):

@@ -1,9 +1,10 @@
 """OpenAIProvider against a fake upstream on a real loopback socket.
 
-Each dialect test replays what that server really sends (see
-shared/notes/openai-stream-dialects.md, section 2) and checks the exact
-reasoning and answer text that come out. Byte-stream cases run three times:
-frames written whole, one byte per write, and cut at random places.
+Each dialect test replays what that server really sends (its chunk shapes,
+reasoning fields, keep-alive comments and error bodies, as its source code,
+documentation and bug reports show them) and checks the exact reasoning and
+answer text that come out. Byte-stream cases run three times: frames written
+whole, one byte per write, and cut at random places.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ API_KEY = "sk-test-7Hq2SECRETvalue9Zx"
 MASKED_KEY = "sk-test-****************9Zx"
 #: Long enough for any loopback write, short enough to keep the suite quick.
 SHORT = 0.3
-#: The upper bound the brief sets for "the upstream request is cancelled".
+#: How soon the upstream request must be gone once its stream is closed or cancelled.
 CANCEL_WITHIN = 1.0
 
 

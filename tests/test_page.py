@@ -1,4 +1,4 @@
-"""The page: the seed's form, the demo notice, and htmx served locally or from a CDN."""
+"""The page: the prompt form, the demo notice, and htmx served locally or from a CDN."""
 
 import pytest
 

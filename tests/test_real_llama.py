@@ -35,6 +35,7 @@ import pytest
 from providers.events import Answer
 from providers.openai import OpenAIProvider, OpenAISettings
 from tests.fake_upstream import collect, events_until
+from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 
 BASE_URL = os.environ.get("LLAMA_SERVER_URL", "")
@@ -130,7 +131,7 @@ async def test_the_app_streams_a_real_answer_and_frees_the_slot_when_the_browser
     response = await client.post(
         "/process_prompt", data={"prompt": "What is the capital of France?"}
     )
-    uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(await response.text())
     async with asyncio.timeout(ANSWER_WITHIN):
         text = await (await client.get("/response-stream", params={"uid": uid})).text()
     events, _ = parse_stream(text)
@@ -141,7 +142,7 @@ async def test_the_app_streams_a_real_answer_and_frees_the_slot_when_the_browser
     response = await client.post(
         "/process_prompt", data={"prompt": "Write a very long story about a fox."}
     )
-    uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(await response.text())
     stream = await client.get("/response-stream", params={"uid": uid})
     async with asyncio.timeout(ANSWER_WITHIN):
         await stream.content.readuntil(b"event: answer_chunk")

@@ -2,13 +2,12 @@
 Last-Event-ID and the stream picks up right after that event."""
 
 import asyncio
-import html
 
 import pytest
 
 from providers.events import Answer, Reasoning
 from tests.conftest import Hang, Pause, ScriptedProvider, post_prompt
-from tests.sse_client import parse_stream
+from tests.sse_client import answer_of, parse_stream
 
 PIECES = ["Once", " upon", " a time,\n", "  there", " was", " a 🤖", "."]
 
@@ -28,10 +27,6 @@ async def read_events(response, count):
         assert frame, f"the stream ended after {len(events)} events"
         events += parse_stream(frame.decode())[0]
     return events
-
-
-def answer_of(events) -> str:
-    return "".join(html.unescape(e.data) for e in events if e.event == "answer_chunk")
 
 
 @pytest.mark.parametrize("cut_after", [1, 2, 4, 6])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ async def test_sigterm_tells_streams_the_server_is_restarting_and_exits():
         async with aiohttp.ClientSession() as session:
             await wait_until_serving(base, session)
             response = await session.post(f"{base}/process_prompt", data={"prompt": "hi"})
-            uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+            uid = uid_from_snippet(await response.text())
             stream = await session.get(f"{base}/response-stream", params={"uid": uid})
             await stream.content.readuntil(b"event: thought")  # it is under way
 

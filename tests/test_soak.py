@@ -1,6 +1,6 @@
-"""A smaller run of bench/soak.py, in the suite: random disconnects leave nothing behind."""
+"""A small soak (bench/soak.py runs a big one): random disconnects leave nothing behind."""
 
-from bench.soak import GRACE_S, UID_TTL_S, soak
+from tests.soak import GRACE_S, UID_TTL_S, soak
 
 
 async def test_random_disconnects_leave_nothing_behind(start_app):

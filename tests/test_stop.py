@@ -4,6 +4,7 @@ import asyncio
 
 from providers.events import Answer
 from tests.conftest import Hang, ScriptedProvider, post_prompt
+from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 
 
@@ -38,7 +39,7 @@ async def test_stop_for_an_unknown_or_finished_uid_is_harmless(start_app):
 async def test_snippet_has_a_stop_button_and_a_polite_status_line(start_app):
     client = await start_app()
     snippet = await (await client.post("/process_prompt", data={"prompt": "hi"})).text()
-    uid = snippet.split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(snippet)
     assert f'<button type="button" class="stop" hx-post="/stop?uid={uid}" hx-swap="none">' in (
         snippet
     )

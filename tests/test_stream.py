@@ -12,6 +12,8 @@ from aiohttp import ClientSession, web
 from providers.events import Answer, Failure, Finished, Reasoning, Status, Usage
 from server import STORE, Config, make_app
 from tests.conftest import Crash, Hang, Pause, ScriptedProvider, post_prompt, read_stream
+from tests.snippet import uid_from_snippet
+from tests.sse_client import parse_stream
 
 UID = re.compile(r"^u[0-9a-f]{32}$")
 
@@ -37,7 +39,7 @@ async def test_post_returns_the_sse_snippet_with_four_listeners(start_app):
     client = await start_app()
     response = await client.post("/process_prompt", data={"prompt": "Hi"})
     snippet = await response.text()
-    uid = snippet.split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(snippet)
 
     assert response.status == 200
     assert response.content_type == "text/html"
@@ -127,6 +129,28 @@ async def test_stream_sends_exact_events_then_close(start_app):
         "thought", "final_answer", "close",
     ]  # fmt: skip
     assert [event.id for event in events] == [str(n) for n in range(1, 9)]
+
+
+async def test_a_model_without_reasoning_shows_writing_when_its_answer_starts(start_app):
+    """No reasoning to show: once the answer's first text comes, the thought
+    line says "Writing…" instead of keeping the last status."""
+    provider = ScriptedProvider([Status("Connecting…"), Pause(0.05), Answer("Hello"), Hang()])
+    client = await start_app(provider=provider)
+    uid = await post_prompt(client)
+    response = await client.get("/response-stream", params={"uid": uid})
+    events = []
+    async with asyncio.timeout(5):
+        while "answer_chunk" not in [event.event for event in events]:
+            frame = await response.content.readuntil(b"\n\n")
+            assert frame, f"the stream ended after {events}"
+            events += parse_stream(frame.decode())[0]
+    response.close()
+
+    *before, first_answer = events
+    assert (first_answer.event, first_answer.data) == ("answer_chunk", "Hello")
+    # What the thought line says when "Hello" appears (the status it replaces
+    # may have been sent first, or replaced before it was).
+    assert [event.data for event in before if event.event == "thought"][-1] == "Writing…"
 
 
 async def test_final_answer_replaces_its_container_and_keeps_its_id(start_app):
@@ -337,7 +361,7 @@ async def test_failed_ping_to_a_departed_client_ends_the_stream():
     try:
         async with ClientSession(f"http://127.0.0.1:{port}") as session:
             response = await session.post("/process_prompt", data={"prompt": "hi"})
-            uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+            uid = uid_from_snippet(await response.text())
             stream = await session.get("/response-stream", params={"uid": uid})
             await stream.content.readuntil(b"\n\n")
             stream.close()

@@ -17,21 +17,23 @@ from typing import Any
 
 from playwright.async_api import ConsoleMessage, Dialog, Error, Locator, Page, Request
 
+from tests.snippet import uid_from_snippet
+
 OBSERVER_SCRIPT = Path(__file__).with_name("observe.js")
 
-# Console errors the browser logs even when the app does everything right,
-# each one explained in the htmx SSE lab note (/work/shared/notes/htmx-sse-lab.md).
-# Tests allow them by name, only where they are expected.
+# Console errors the browser logs even when the app does everything right
+# (measured with htmx 2.0.11, htmx-ext-sse 2.2.4 and Chromium). Tests allow
+# them by name, only where they are expected.
 #
-# Section 8: when the server refuses a prompt (422, 413) the page shows our
-# readable message, and Chromium still logs its own line about the status.
-# No page code can silence it.
+# When the server refuses a prompt (422, 413) the page shows our readable
+# message, and Chromium still logs its own "Failed to load resource" line
+# about the status. No page code can silence it.
 REFUSAL_STATUS_LINE = re.compile(
     r"^Failed to load resource: the server responded with a status of (413|422)\b"
 )
-# Section 6, pitfall E: an `event: error` from the server is shown correctly,
-# but it also reaches htmx-ext-sse's EventSource `onerror`, which logs the
-# event object with console.error.
+# An `event: error` from the server is shown correctly, but since `error` is
+# also the name of EventSource's own failure event, it reaches htmx-ext-sse's
+# `onerror` as well, which logs the event object with console.error.
 SSE_ERROR_EVENT_LINE = re.compile(r"^\[object MessageEvent\]$")
 
 
@@ -102,7 +104,7 @@ class Tab:
         """The uid of the stream now on the page, from its sse-connect URL."""
         url = await self.response.locator("[sse-connect]").get_attribute("sse-connect")
         assert url is not None
-        return url.split("uid=", 1)[1]
+        return uid_from_snippet(url)
 
     async def timeline(self) -> list[dict[str, Any]]:
         """Each visible state of thought, answer and error line, in order (observe.js)."""

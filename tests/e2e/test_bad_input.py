@@ -1,7 +1,7 @@
 """A prompt the server refuses gets a readable message in the page, and the form keeps working.
 
-htmx 2 does not show 4xx responses by default; the page's htmx-config meta
-tag lets it swap our refusals in (lab note, section 8).
+htmx 2 does not swap 4xx responses in by default; the page's htmx-config meta
+tag lists the refusal statuses (413, 422 and others) it must swap in.
 """
 
 from playwright.async_api import expect

@@ -41,7 +41,8 @@ async def test_upstream_failure_keeps_the_partial_answer_and_says_what_went_wron
     await expect(tab.response.get_by_role("status")).to_have_text("Stopped by an error.")
     assert len(served.stream_requests()) == 1  # closed for good: no reconnect
     assert len(tab.stream_requests()) == 1
-    # The one console line an `event: error` always causes (lab note, pitfall E).
+    # The one console line an `event: error` always causes: it reaches the
+    # EventSource's `onerror` too, where htmx-ext-sse logs the event object.
     assert not tab.problems(SSE_ERROR_EVENT_LINE)
 
 
@@ -112,9 +113,9 @@ async def test_stop_ends_the_generation_and_keeps_the_answer_so_far(tab, serve_a
 
 # --- a dropped connection ------------------------------------------------------------
 
-# What the console shows when a stream's connection drops (measured here; the
-# lab note does not list them): Chromium says the response ended inside its
-# chunked body, and htmx-ext-sse logs the EventSource's own error event.
+# What the console shows when a stream's connection drops (measured here):
+# Chromium says the response ended inside its chunked body, and htmx-ext-sse
+# logs the EventSource's own error event.
 DROPPED_CONNECTION_LINES = (
     re.compile(r"^Failed to load resource: net::ERR_INCOMPLETE_CHUNKED_ENCODING$"),
     re.compile(r"^\[object Event\]$"),
@@ -170,9 +171,9 @@ async def test_without_the_app_js_guard_a_drop_breaks_the_page(tab, serve_app):
 
     Without it, the browser's own `error` event on a drop reaches the
     `sse-swap="error"` listener with no data. htmx 2.0.11 then fails inside
-    its swap (the lab note expected the text "undefined" to be swapped in;
-    with hx-swap="innerHTML" it is this error instead). If this test starts
-    failing, htmx-ext-sse handles the case itself and the guard can go.
+    its swap: with hx-swap="innerHTML" no text "undefined" is swapped in, the
+    page gets this error instead. If this test starts failing, htmx-ext-sse
+    handles the case itself and the guard can go.
     """
     await tab.page.add_init_script(script=SILENCE_THE_GUARD)
     await drop_the_connection_mid_answer(tab, serve_app)

@@ -1,0 +1,142 @@
+"""The soak: many prompts, browsers that leave at random, and a server that must
+end with nothing left over.
+
+``soak(base, …)`` sends the prompts to the app at ``base`` (the demo provider,
+with ``GRACE_S`` and ``UID_TTL_S``). tests/test_soak.py runs a small one in the
+suite; ``python bench/soak.py`` runs thousands against ``server.py`` and
+prints the report. Each prompt meets a fate, drawn with a fixed seed:
+
+- read:    the whole stream is read; the answer must be exactly the demo's;
+- resume:  the connection is cut after a few events and comes back with
+           Last-Event-ID; the answer, joined, must be exact, with no repeat;
+- leave:   the connection is cut after a few events, for good;
+- abandon: the prompt is posted but its stream is never opened (TTL expiry).
+
+At the end /healthz must show zero streams, listeners and pending uids. Given
+the server's pid, the report also has its resident memory after the warm-up,
+halfway, at the end and once settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from providers.demo import DemoProvider
+from providers.events import Answer
+from tests.snippet import uid_from_snippet
+from tests.sse_client import answer_of, parse_stream
+
+FATES = {"read": 0.5, "resume": 0.15, "leave": 0.2, "abandon": 0.15}
+GRACE_S = 0.5
+UID_TTL_S = 1.0
+SETTLE_LIMIT_S = 15.0  # how long the server may take to forget everything at the end
+PROMPT_LIMIT_S = 30.0  # one prompt's whole life, at most
+
+
+@dataclass
+class Report:
+    fates: Counter = field(default_factory=Counter)
+    exact: int = 0
+    wrong: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    health: dict = field(default_factory=dict)
+    memory_kb: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        leftovers = ("streams_in_flight", "uids_pending", "listeners", "streams_kept")
+        return not self.wrong and all(self.health.get(key) == 0 for key in leftovers)
+
+
+async def expected_answer(prompt: str) -> str:
+    events = DemoProvider(delay=0).stream(prompt)
+    return "".join([event.text async for event in events if isinstance(event, Answer)])
+
+
+async def read_some(response: aiohttp.ClientResponse, count: int) -> list:
+    events: list = []
+    while len(events) < count:
+        frame = await response.content.readuntil(b"\n\n")
+        if not frame:
+            break  # the stream ended first
+        events += parse_stream(frame.decode())[0]
+    return events
+
+
+async def one_prompt(session, base: str, n: int, fate: str, rng: random.Random, report: Report):
+    prompt = f"Soak prompt number {n}: " + "word " * rng.randint(0, 30)
+    async with session.post(f"{base}/process_prompt", data={"prompt": prompt}) as response:
+        snippet = await response.text()
+    uid = uid_from_snippet(snippet)
+    if fate == "abandon":
+        return
+    url = f"{base}/response-stream"
+    if fate == "read":
+        async with session.get(url, params={"uid": uid}) as response:
+            events, _ = parse_stream(await response.text())
+    else:
+        response = await session.get(url, params={"uid": uid})
+        events = await read_some(response, rng.randint(1, 30))
+        response.close()  # the connection drops
+        if fate == "leave":
+            return
+        await asyncio.sleep(rng.uniform(0, GRACE_S / 2))
+        headers = {"Last-Event-ID": events[-1].id}
+        async with session.get(url, params={"uid": uid}, headers=headers) as response:
+            events += parse_stream(await response.text())[0]
+    if answer_of(events) == await expected_answer(prompt) and events[-1].event == "close":
+        report.exact += 1
+    else:
+        report.wrong.append(f"{fate} #{n}: {[e.event for e in events][-3:]}")
+
+
+def resident_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def soak(
+    base: str, prompts: int, concurrency: int, seed: int, pid: int | None = None
+) -> Report:
+    """Send the prompts through ``base``; what happened, and what the server kept."""
+    rng = random.Random(seed)
+    report = Report()
+    fates = rng.choices(list(FATES), weights=list(FATES.values()), k=prompts)
+    report.fates.update(fates)
+    limit = asyncio.Semaphore(concurrency)
+    started = time.monotonic()
+
+    async def run(session, n: int) -> None:
+        async with limit:
+            try:
+                async with asyncio.timeout(PROMPT_LIMIT_S):
+                    rng = random.Random(seed * 100_003 + n)
+                    await one_prompt(session, base, n, fates[n], rng, report)
+            except TimeoutError:
+                report.wrong.append(f"{fates[n]} #{n}: no end after {PROMPT_LIMIT_S:.0f} s")
+        if pid and n in (prompts // 10, prompts // 2, prompts - 1):
+            report.memory_kb.append((f"after {n + 1} prompts", resident_kb(pid)))
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(run(session, n) for n in range(prompts)))
+        report.seconds = time.monotonic() - started
+        deadline = time.monotonic() + SETTLE_LIMIT_S
+        while True:
+            async with session.get(f"{base}/healthz") as response:
+                report.health = await response.json()
+            if report.clean or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    if pid:
+        report.memory_kb.append(("settled", resident_kb(pid)))
+    return report
