@@ -807,7 +807,7 @@ async def response_stream(request: web.Request) -> web.StreamResponse:
         await listen(stream, response, position, config, request.transport)
     except (ConnectionError, ClientTooSlow):
         if request.transport is not None:
-            request.transport.close()  # a slow client's unread data is dropped with it
+            request.transport.abort()  # closed at once: its unread data is dropped, not sent
     finally:
         await store.detach(stream)
     return response

@@ -60,8 +60,11 @@ from bench.protocol import Directive  # noqa: E402
 #: the first second of every answer back in case a </think> follows.
 APP_FLAGS = [
     "--provider", "openai", "--model", "bench",
-    "--max-streams", "1000000", "--max-streams-per-client", "1000000",
+    # Every per-client limit lifted (each must stay below its global one):
+    # the load comes from one address.
+    "--max-streams", "1000000", "--max-streams-per-client", "999999",
     "--prompts-per-minute", "1000000000", "--max-pending", "1000000",
+    "--max-pending-per-client", "999999", "--max-connections-per-client", "1000000",
     "--grace-period", "0", "--reasoning-hold", "0",
 ]  # fmt: skip
 DEFAULT_WINDOW = None  # the app's own --answer-window default

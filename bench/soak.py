@@ -46,8 +46,9 @@ async def main() -> int:
     server = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "server.py"), "--port", str(port),
         "--demo-delay", "0.002", "--grace-period", str(GRACE_S), "--uid-ttl", str(UID_TTL_S),
-        "--max-streams", "100000", "--max-streams-per-client", "100000",
+        "--max-streams", "100000", "--max-streams-per-client", "99999",
         "--prompts-per-minute", "1000000", "--max-pending", "100000",
+        "--max-pending-per-client", "99999", "--max-connections-per-client", "100000",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:

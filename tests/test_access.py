@@ -61,7 +61,7 @@ async def test_post_from_another_site_is_refused(start_app, headers):
 
 async def test_post_through_a_tls_proxy_is_accepted_and_other_hosts_are_not(start_app):
     """Behind nginx with TLS the browser says https and this server sees http."""
-    client = await start_app()
+    client = await start_app(allowed_hosts=("chat.example.org",))
     proxied = {"Host": "chat.example.org", "X-Forwarded-Proto": "https"}
     ours = {**proxied, "Origin": "https://chat.example.org"}
     theirs = {**proxied, "Origin": "https://evil.example"}

@@ -19,6 +19,7 @@ import server
 from providers.events import Answer
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
 from tests.sse_client import parse_stream
+from tests.snippet import uid_from_snippet
 from tests.test_access import basic
 
 BOUND_S = 5.0  # every wait in this file ends by then
@@ -261,7 +262,7 @@ async def test_a_utf7_prompt_with_a_lone_surrogate_is_replaced(start_app):
         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-7"},
     )
     assert response.status == 200
-    uid = (await response.text()).split("uid=", 1)[1].split('"', 1)[0]
+    uid = uid_from_snippet(await response.text())
     _, events, _ = await read_stream(client, uid)
     assert events[-2].event == "final_answer"
     assert "\ufffd" in events[-2].data

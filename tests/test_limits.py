@@ -100,7 +100,7 @@ async def test_a_client_that_reads_nothing_is_dropped(start_app):
     """A frozen browser must not hold the server's memory without bound."""
     big = "x" * 200_000
     provider = ScriptedProvider([Answer(big) for _ in range(200)])
-    client = await start_app(provider=provider, write_timeout=0.3)
+    client = await start_app(provider=provider, write_timeout=0.3, max_answer_chars=50_000_000)
     uid = await post_prompt(client)
 
     _reader, writer = await open_stream_and_read_nothing(client, uid, receive_buffer=4096)
@@ -116,7 +116,7 @@ async def test_a_client_that_reads_nothing_has_its_connection_closed(start_app):
     the end of the connection, in the middle of the response body."""
     # About 10 MB, far more than the socket buffers hold while nothing is read.
     provider = ScriptedProvider([Answer("x" * 200_000) for _ in range(50)] + [Hang()])
-    client = await start_app(provider=provider, write_timeout=0.5)
+    client = await start_app(provider=provider, write_timeout=0.5, max_answer_chars=50_000_000)
     uid = await post_prompt(client)
 
     # Not 4096: so small a window makes reading the buffers back take minutes.
