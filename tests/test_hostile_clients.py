@@ -18,8 +18,8 @@ import pytest
 import server
 from providers.events import Answer
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
-from tests.sse_client import parse_stream
 from tests.snippet import uid_from_snippet
+from tests.sse_client import parse_stream
 from tests.test_access import basic
 
 BOUND_S = 5.0  # every wait in this file ends by then
