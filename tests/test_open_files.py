@@ -47,7 +47,7 @@ async def test_the_soft_open_file_limit_is_raised_to_the_hard_one_and_said(tmp_p
     try:
         async with aiohttp.ClientSession() as session:
             await wait_until_serving(f"http://127.0.0.1:{port}", session)
-        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        limits = await asyncio.to_thread(Path(f"/proc/{process.pid}/limits").read_text)
     finally:
         log = stop(process, log_path)
     assert "open files: at most 4096 (the soft limit was 256)" in log
