@@ -74,9 +74,22 @@ from markupsafe import Markup
 from yarl import URL
 
 import settings
+from conversations import (
+    RECENT_COOKIE,
+    ChatSettings,
+    Conversation,
+    Conversations,
+    Turn,
+    export_markdown,
+    history,
+    is_id,
+    recent_ids,
+    with_recent,
+)
 from providers.demo import DemoProvider
 from providers.events import (
     Answer,
+    ChatRequest,
     Failure,
     Finished,
     Provider,
@@ -85,7 +98,12 @@ from providers.events import (
     Status,
     Usage,
 )
-from providers.openai import OpenAIProvider, OpenAISettings, make_connector
+from providers.openai import (
+    DEFAULT_SYSTEM_PROMPT,
+    OpenAIProvider,
+    OpenAISettings,
+    make_connector,
+)
 from settings import (
     ACCESS,
     LIMITS,
@@ -229,6 +247,18 @@ UNKNOWN_UID = (
     "This answer is unknown or has expired: it may have been shown already, or waited "
     "too long. Please submit the prompt again."
 )
+CONVERSATION_GONE = (
+    "This conversation has expired or was removed to make room: the server keeps "
+    "conversations for a while only. Please start a new chat."
+)
+STILL_STREAMING = (
+    "An answer is still being written in this conversation. Wait for it, or stop it (Esc)."
+)
+ONLY_THE_LAST = "Only the last prompt of a conversation can be edited or answered again."
+TOO_MANY_TURNS = (
+    "This conversation has reached {limit} turns, the most kept. Please start a new chat."
+)
+UNOPENED = "This answer was never opened: the page that asked for it went away."
 ALREADY_STREAMING = (
     "This answer is being (or was just) streamed to another window. Please submit the prompt again."
 )
@@ -246,9 +276,10 @@ class Stream:
     n, so a dropped connection loses nothing and repeats nothing.
     """
 
-    def __init__(self, uid: str, prompt: str, client: str) -> None:
+    def __init__(self, uid: str, request: ChatRequest, client: str, turn: Turn) -> None:
         self.uid = uid
-        self.prompt = prompt
+        self.request = request  # the conversation so far, ending with the prompt
+        self.turn = turn  # where the answer is kept when it ends
         self.client = client
         self.created = time.monotonic()
         self.frames: list[bytes | None] = []  # frames[n] is the event with id n + 1
@@ -261,6 +292,10 @@ class Stream:
         self.last_event_at = self.created  # for the pinger: quiet streams need a ping
         self._latest: dict[str, int] = {}  # event name -> the frame a newer one replaces
         self._changed = asyncio.Event()
+        # What the events so far show, for a page rendered mid-stream (Relay keeps it).
+        self.transcript: Transcript | None = None
+        self.shown_thought = WAITING
+        self.shown_pieces = 0  # of the transcript's answer pieces
 
     @property
     def generating(self) -> bool:
@@ -328,6 +363,9 @@ class Store:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.limits = Limits(config)
+        self.conversations = Conversations(
+            config.max_conversations, config.max_kept_chars, config.conversation_ttl
+        )
         self.lock = asyncio.Lock()
         self._streams: dict[str, Stream] = {}
 
@@ -347,16 +385,51 @@ class Store:
             "uids_pending": sum(stream.producer is None for stream in streams),
             "listeners": sum(stream.listeners for stream in streams),
             "streams_kept": len(self._streams),
+            "conversations": len(self.conversations),
         }
 
-    async def add(self, prompt: str, client: str) -> str:
-        """Store a prompt for ``client``; its new uid, or a Refusal naming the limit."""
+    async def add_turn(
+        self, form: PromptForm, settings: ChatSettings, client: str
+    ) -> tuple[Conversation, Turn, bool]:
+        """Store a prompt as a new turn (of a new conversation if the form names none),
+        with its stream; a Refusal if a limit or the conversation's state forbids it.
+        Also whether the conversation is new."""
+        config = self.config
         async with self.lock:
+            conversation = None
+            if form.conversation:
+                conversation = self.conversations.get(form.conversation)
+                if conversation is None:
+                    raise Refusal(404, CONVERSATION_GONE)
+                if conversation.streaming:
+                    raise Refusal(409, STILL_STREAMING)
+            earlier = conversation.turns if conversation is not None else []
+            if form.replace:  # edit the last prompt, or answer it again
+                if not earlier or earlier[-1].uid != form.replace:
+                    raise Refusal(409, ONLY_THE_LAST)
+                earlier = earlier[:-1]
+            elif len(earlier) >= config.max_turns:
+                raise Refusal(409, TOO_MANY_TURNS.format(limit=config.max_turns))
             active = [stream for stream in self._streams.values() if not stream.closed]
             self.limits.check_room(active, client)
-            uid = self.new_uid()
-            self._streams[uid] = Stream(uid, prompt, client)
-            return uid
+
+            new = conversation is None
+            if conversation is None:
+                conversation = self.conversations.new(settings)
+            prompt = form.prompt or conversation.turns[-1].prompt  # none: the same again
+            messages, left_out = history(
+                earlier, settings.system_prompt, prompt, config.history_chars
+            )
+            turn = Turn(self.new_uid(), prompt, settings, left_out=left_out)
+            conversation.turns = [*earlier, turn]
+            conversation.settings = settings
+            request = ChatRequest(messages, settings.model, settings.temperature)
+            self._streams[turn.uid] = Stream(turn.uid, request, client, turn)
+            self.conversations.make_room()
+            return conversation, turn, new
+
+    def stream(self, uid: str) -> Stream | None:
+        return self._streams.get(uid)
 
     def claim(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
         """A listener joins: the stream and the event id to write from, or NotClaimable.
@@ -369,7 +442,7 @@ class Store:
             raise NotClaimable(UNKNOWN_UID)
         if stream.producer is None:
             position = 0
-        elif last_event_id is not None and 1 <= last_event_id <= len(stream.frames):
+        elif last_event_id is not None and 0 <= last_event_id <= len(stream.frames):
             position = last_event_id  # the browser came back: resume after its last event
         else:
             raise NotClaimable(ALREADY_STREAMING)
@@ -423,12 +496,15 @@ class Store:
                 stream.stop(reason)
 
     async def sweep(self) -> int:
-        """Forget prompts nobody streamed in time, and idle rate counters."""
+        """Forget prompts nobody streamed in time, idle rate counters and idle
+        conversations."""
         async with self.lock:
             expired = [stream for stream in self._streams.values() if self._expired(stream)]
             for stream in expired:
                 self._forget(stream)
+                stream.turn.end("expired", None, UNOPENED)
             self.limits.forget_idle_clients()
+            self.conversations.forget_idle()
             return len(expired)
 
     def _expired(self, stream: Stream) -> bool:
@@ -448,32 +524,95 @@ class Store:
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-@aiohttp_jinja2.template("index.html")
-async def index(request: web.Request) -> dict[str, Any]:
-    config = request.app[CONFIG]
-    return {
-        "provider": request.app[PROVIDER],
-        "model_server": public_url(config.openai.base_url),
-        "scripts": {script.filename: script for script in VENDOR_SCRIPTS},
-        "script_urls": request.app[VENDOR],
-    }
+async def index(request: web.Request) -> web.Response:
+    """A new chat: the page with an empty thread. The conversation is made by its
+    first prompt, and the page's URL becomes the conversation's (HX-Push-Url)."""
+    return await render_page(request, None)
+
+
+async def conversation_page(request: web.Request) -> web.Response:
+    """A conversation's own URL: the whole thread, rendered here; a turn still
+    streaming resumes where this page leaves it."""
+    cid = request.match_info["cid"]
+    conversation = request.app[STORE].conversations.get(cid) if is_id(cid) else None
+    if conversation is None:
+        return aiohttp_jinja2.render_template(
+            "gone.html", request, {"message": CONVERSATION_GONE}, status=404
+        )
+    return await render_page(request, conversation)
+
+
+async def render_page(request: web.Request, conversation: Conversation | None) -> web.Response:
+    app = request.app
+    config = app[CONFIG]
+    turns = (
+        [await render_turn(app, conversation, turn) for turn in conversation.turns]
+        if conversation
+        else []
+    )
+    conversations = app[STORE].conversations
+    recent = [
+        found
+        for cid in recent_ids(request.cookies.get(RECENT_COOKIE))
+        if (found := conversations.peek(cid)) is not None and found.turns
+    ]
+    return aiohttp_jinja2.render_template(
+        "index.html",
+        request,
+        {
+            "provider": app[PROVIDER],
+            "model_server": public_url(config.openai.base_url),
+            "scripts": {script.filename: script for script in VENDOR_SCRIPTS},
+            "script_urls": app[VENDOR],
+            "conversation": conversation,
+            "turns": turns,
+            "recent": recent,
+            "choices": await page_choices(app, conversation),
+            "max_prompt_chars": config.max_prompt_chars,
+        },
+    )
 
 
 async def process_prompt(request: web.Request) -> web.Response:
-    """The bridge: store the prompt, answer at once with the snippet that streams it."""
+    """The bridge: store the prompt as a turn, answer at once with the snippet that
+    streams it. A refusal goes next to the prompt box, and the thread stays."""
     store = request.app[STORE]
     client = client_address(request)
     try:
         store.limits.count_prompt(client)  # first: reading the body is work
-        prompt = await read_prompt(request)
-        uid = await store.add(prompt, client)
+        form = await read_prompt(request)
+        settings = await chat_settings(request.app, form)
+        conversation, turn, new = await store.add_turn(form, settings, client)
     except Refusal as refusal:
         return refuse(request, refusal)
-    return aiohttp_jinja2.render_template("stream.html", request, {"uid": uid})
+    response = aiohttp_jinja2.render_template(
+        "turn.html",
+        request,
+        {"turn": turn, "cid": conversation.cid, "new_conversation": new, **fresh_stream()},
+    )
+    if new:  # the page's URL becomes the conversation's, and this browser remembers it
+        response.headers["HX-Push-Url"] = f"/c/{conversation.cid}"
+        remember(request, response, conversation.cid)
+    if form.replace:  # the new answer takes the old one's place
+        response.headers["HX-Retarget"] = f"#turn-{form.replace}"
+        response.headers["HX-Reswap"] = "outerHTML"
+    return response
 
 
-async def read_prompt(request: web.Request) -> str:
-    """The prompt from the form, or a Refusal that says what is wrong with it."""
+@dataclass(frozen=True)
+class PromptForm:
+    """What the page's form sends: the prompt, and which conversation it is part of."""
+
+    prompt: str  # empty only to answer the last prompt again (with `replace`)
+    conversation: str  # its id; empty for a new conversation
+    replace: str  # the uid of the last turn, to edit it or answer it again; or empty
+    model: str
+    system_prompt: str | None  # None: not sent (the page always sends it)
+    temperature: str
+
+
+async def read_prompt(request: web.Request) -> PromptForm:
+    """The form, or a Refusal that says what is wrong with it."""
     config = request.app[CONFIG]
     limit = config.max_prompt_chars
     if request.content_type != FORM_TYPE:
@@ -489,22 +628,75 @@ async def read_prompt(request: web.Request) -> str:
         ) from None
     except Exception:  # a malformed body fails in many ways: bad charset, encoding, parts
         raise Refusal(400, "The form could not be read. Please submit it again.") from None
-    prompt = form.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    prompt = valid_unicode(fields.get("prompt", ""))
+    conversation, replace = fields.get("conversation", ""), fields.get("replace", "")
+    if conversation and not is_id(conversation):
+        raise Refusal(404, CONVERSATION_GONE)
+    if not prompt.strip() and not replace:
         raise Refusal(422, "Please type a prompt first.")
-    if len(prompt) > limit:
-        raise Refusal(
-            413, f"The prompt is {len(prompt):,} characters long; the limit is {limit:,}."
+    for name, text in [("prompt", prompt), ("system prompt", fields.get("system_prompt", ""))]:
+        if len(text) > limit:
+            raise Refusal(
+                413, f"The {name} is {len(text):,} characters long; the limit is {limit:,}."
+            )
+    system_prompt = fields.get("system_prompt")
+    return PromptForm(
+        prompt=prompt if prompt.strip() else "",
+        conversation=conversation,
+        replace=replace,
+        model=fields.get("model", "").strip(),
+        system_prompt=None if system_prompt is None else valid_unicode(system_prompt),
+        temperature=fields.get("temperature", "").strip(),
+    )
+
+
+def remember(request: web.Request, response: web.Response, cid: str) -> None:
+    """Put the conversation first in this browser's recent list (a cookie of ids)."""
+    response.set_cookie(
+        RECENT_COOKIE,
+        with_recent(request.cookies.get(RECENT_COOKIE), cid),
+        max_age=int(request.app[CONFIG].conversation_ttl),
+        path="/",
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+async def render_turn(app: web.Application, conversation: Conversation, turn: Turn) -> Markup:
+    """One turn of a rendered page: its finished answer, or its stream, resuming
+    after the events whose effect the page already shows."""
+    template = aiohttp_jinja2.get_env(app).get_template("turn.html")
+    stream = app[STORE].stream(turn.uid)
+    if turn.done or stream is None:
+        transcript = turn.transcript or Transcript()
+        final = await render_answer(app, turn.uid, transcript, turn.extras, turn.error)
+        return Markup(template.render(turn=turn, cid=conversation.cid, final=Markup(final)))
+    shown = stream.transcript.answer_pieces[: stream.shown_pieces] if stream.transcript else []
+    return Markup(
+        template.render(
+            turn=turn,
+            cid=conversation.cid,
+            after=len(stream.frames),  # the stream resumes after these
+            shown_thought=stream.shown_thought,
+            shown_answer="".join(shown),
         )
-    return valid_unicode(prompt)
+    )
+
+
+def fresh_stream() -> dict[str, Any]:
+    """A new turn's stream, from its first event."""
+    return {"after": None, "shown_thought": WAITING, "shown_answer": ""}
 
 
 def refuse(request: web.Request, refusal: Refusal) -> web.Response:
-    # An HTML fragment, so htmx can show it where the answer would have gone.
+    # An HTML fragment. htmx shows it next to the prompt box, not in the thread:
+    # a refusal never replaces or removes a turn.
     response = aiohttp_jinja2.render_template(
         "refusal.html", request, {"message": refusal.message}, status=refusal.status
     )
     response.headers.update(refusal.headers)
+    response.headers.update({"HX-Retarget": "#prompt-error", "HX-Reswap": "innerHTML"})
     if refusal.status in CLOSING_STATUSES:
         response.force_close()  # the connection itself is the problem: do not keep it
     return response
@@ -523,6 +715,8 @@ CRASHED = "Something went wrong on the server while streaming this answer. Pleas
 RESTARTING = "The server is restarting. Please submit the prompt again in a moment."
 TOO_LONG = "The answer took longer than the server allows ({limit:.0f} s), so it was stopped."
 WRITING = "Writing…"  # the thought line of a model that does not show its reasoning
+WAITING = "Waiting for the model…"  # the thought line before the first event
+LEFT_UNFINISHED = "This answer was left unfinished: nobody was reading it any more."
 STOPPED = "stopped"  # the reason a person's Stop button gives
 CAPPED = "too big"  # the model's text reached --max-answer-chars
 RESTARTING_REASON = "restarting"
@@ -573,6 +767,11 @@ class Transcript:
             self.answer_pieces.append(text)
             self.answer_chars += len(text)
 
+    def compact(self) -> None:
+        """Join the pieces into one text each: a kept answer needs no pieces."""
+        self.reasoning_pieces = [self.reasoning] if self.reasoning_pieces else []
+        self.answer_pieces = [self.answer] if self.answer_pieces else []
+
     def mark_token(self, sent_at: float | None = None) -> None:
         """Text from the model: the first starts the stats' clock, from when it
         came (held text comes out later: ``sent_at`` says when it came)."""
@@ -616,7 +815,8 @@ class Relay:
 
     def __init__(self, stream: Stream, transcript: Transcript, config: Config) -> None:
         self.stream = stream
-        self.transcript = transcript
+        self.transcript = stream.transcript = transcript
+        self.error: str | None = None  # what the person was told went wrong
         self._answer_sent = 0
         self.max_chars = config.max_answer_chars
         self.answer = Throttle(config.answer_window)
@@ -668,6 +868,7 @@ class Relay:
     def show_thought(self, text: str) -> None:
         """The one place a thought is sent; the page shows only the newest."""
         self.stream.append(thought_event(text), replaces_previous=True)
+        self.stream.shown_thought = text
 
     def _send_reasoning(self) -> None:
         self.show_thought(self.transcript.thought())
@@ -675,10 +876,11 @@ class Relay:
     def _send_answer(self) -> None:
         pieces = self.transcript.answer_pieces
         text = "".join(pieces[self._answer_sent :])
-        self._answer_sent = len(pieces)
+        self._answer_sent = self.stream.shown_pieces = len(pieces)
         self.stream.append(answer_chunk_event(text))
 
     def fail(self, message: str) -> None:
+        self.error = message
         self.flush()
         self.show_thought("")  # the status line and the error say it all
         self.stream.append(error_event(message))
@@ -703,15 +905,17 @@ async def produce(app: web.Application, stream: Stream) -> None:
 
     Its `finally` is the only place the generation is let go: the provider's
     generator is closed (and with it any upstream response, so the model stops
-    generating), the log is closed with `close`, the outcome is logged.
+    generating), the turn keeps the answer, the log is closed with `close`,
+    the outcome is logged.
     """
     config = app[CONFIG]
     transcript = Transcript()
     relay = Relay(stream, transcript, config)
     outcome = "abandoned"  # cancelled because nobody was listening
+    view: dict[str, Any] | None = None
     try:
         async with asyncio.timeout(config.max_duration):
-            async with aclosing(app[PROVIDER].stream(stream.prompt)) as events:
+            async with aclosing(app[PROVIDER].stream(stream.request)) as events:
                 async for event in events:
                     ending = relay.take(event)
                     if ending is not None:
@@ -720,7 +924,8 @@ async def produce(app: web.Application, stream: Stream) -> None:
                 else:
                     outcome = "done"
         if outcome in ("done", CAPPED):
-            relay.finish(await render_final_answer(app, stream.uid, transcript))
+            view = answer_view(app, stream, transcript)
+            relay.finish(await render_answer(app, stream.uid, transcript, view))
     except TimeoutError:
         outcome = "too long"
         relay.fail(TOO_LONG.format(limit=config.max_duration))
@@ -731,7 +936,8 @@ async def produce(app: web.Application, stream: Stream) -> None:
         this_task().uncancel()  # we asked for this cancellation; it is handled
         if stream.stop_reason == STOPPED:
             transcript.finish_reason = STOPPED
-            relay.finish(await render_final_answer(app, stream.uid, transcript))
+            view = answer_view(app, stream, transcript)
+            relay.finish(await render_answer(app, stream.uid, transcript, view))
         else:
             relay.fail(RESTARTING)
     except Exception:
@@ -740,8 +946,12 @@ async def produce(app: web.Application, stream: Stream) -> None:
         relay.fail(CRASHED)
     finally:
         relay.discard()
+        ended_well = outcome in ("done", STOPPED, CAPPED)
+        error = relay.error or (None if ended_well else LEFT_UNFINISHED)
+        transcript.compact()
+        stream.turn.end(outcome, transcript, error, view or answer_view(app, stream, transcript))
         stream.end()  # `close`, always last
-        log_stream(app, stream, outcome, transcript)
+        log_stream(app, stream, outcome, transcript, relay.error)
         await app[STORE].finished(stream)
 
 
@@ -751,33 +961,53 @@ def this_task() -> asyncio.Task[Any]:
     return task
 
 
-async def render_final_answer(app: web.Application, uid: str, transcript: Transcript) -> str:
+def answer_view(app: web.Application, stream: Stream, transcript: Transcript) -> dict[str, Any]:
+    """What the final answer shows besides the text: note, stats, model."""
     note = FINISH_NOTES.get(transcript.finish_reason or "")
+    return {
+        "reasoning_seconds": transcript.reasoning_seconds(),
+        "note": note and note.format(max_chars=app[CONFIG].max_answer_chars),
+        "stats": transcript.stats(),
+        "model": stream.request.model or app[PROVIDER].model,
+    }
+
+
+async def render_answer(
+    app: web.Application,
+    uid: str,
+    transcript: Transcript,
+    view: dict[str, Any],
+    error: str | None = None,
+) -> str:
+    """templates/final_answer.html: the answer as Markdown, its reasoning and stats."""
     render = functools.partial(
         aiohttp_jinja2.get_env(app).get_template("final_answer.html").render,
         uid=uid,
         transcript=transcript,
-        reasoning_seconds=transcript.reasoning_seconds(),
-        note=note and note.format(max_chars=app[CONFIG].max_answer_chars),
-        stats=transcript.stats(),
-        model=app[PROVIDER].model,
+        error=error,
+        **view,
     )
     if transcript.answer_chars + transcript.reasoning_chars <= INLINE_RENDER_CHARS:
         return render()
     return await asyncio.to_thread(render)
 
 
-def log_stream(app: web.Application, stream: Stream, outcome: str, transcript: Transcript) -> None:
+def log_stream(
+    app: web.Application, stream: Stream, outcome: str, transcript: Transcript, reason: str | None
+) -> None:
+    """One line per stream; a failed one says why, for the operator."""
     stats = transcript.stats()
-    prompt = f" prompt={stream.prompt!r}" if app[CONFIG].log_prompts else ""
+    prompt = f" prompt={stream.request.prompt!r}" if app[CONFIG].log_prompts else ""
+    why = f" reason={printable(reason)!r}" if reason else ""
     log.info(
-        "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s%s",
+        "stream %s provider=%s outcome=%s duration=%.2fs ttft=%s tokens=%s%s%s",
         stream.uid[:9],  # enough to follow one stream in the log, far too little to claim it
         app[PROVIDER].name,
         outcome,
         stats["duration"],
         f"{stats['ttft']:.2f}s" if "ttft" in stats else "-",
         stats.get("tokens", "-"),
+        why,
         prompt,
     )
 
@@ -829,10 +1059,16 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
 
 
 def last_event_id(request: web.Request) -> int | None:
-    """The id of the last event the browser got, when it reconnects by itself."""
-    header = request.headers.get("Last-Event-ID", "")
-    # Ids are small: a longer header is no id of ours (and int() of 4,300 digits raises).
-    return int(header) if header.isdecimal() and len(header) <= MAX_ID_DIGITS else None
+    """The id of the last event the browser got, when it reconnects by itself; else
+    the last one a page rendered mid-stream showed (``?after=``)."""
+    header = request.headers.get("Last-Event-ID")
+    text = header if header is not None else request.query.get("after", "")
+    # Ids are small: a longer text is no id of ours (and int() of 4,300 digits raises).
+    if not (text.isdecimal() and len(text) <= MAX_ID_DIGITS):
+        return None
+    event_id = int(text)
+    # Ids start at 1; `after=0` is a page rendered before the first event.
+    return event_id if event_id or header is None else None
 
 
 MAX_ID_DIGITS = 18
@@ -950,6 +1186,8 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     app.on_response_prepare.append(add_security_headers)
     app.on_shutdown.append(end_streams)
     app.router.add_get("/", index)
+    app.router.add_get("/c/{cid}", conversation_page)
+    app.router.add_get("/c/{cid}/export", export_conversation)
     app.router.add_post("/process_prompt", process_prompt)
     app.router.add_get("/response-stream", response_stream)
     app.router.add_post("/stop", stop_stream)
@@ -1084,6 +1322,108 @@ class Limits:
 
     def clients_counted(self) -> int:
         return len(self._recent)
+
+
+# --- a conversation's settings: model, system prompt, temperature -------------------------
+
+TEMPERATURES = (0.0, 2.0)  # what OpenAI-compatible servers accept
+MODELS_WAIT_S = 2.0  # a page never waits longer for the model server's list
+
+
+async def chat_settings(app: web.Application, form: PromptForm) -> ChatSettings:
+    """The settings a prompt is sent with: the operator's where a flag fixes one,
+    else the page's, checked; a Refusal says what is wrong."""
+    fixed = app[CONFIG].openai
+    if fixed.model:
+        if form.model and form.model != fixed.model:
+            raise Refusal(422, f"This server only asks the model {fixed.model}.")
+        model = fixed.model
+    elif form.model:
+        if form.model not in await offered_models(app):
+            raise Refusal(422, f"The model server does not offer a model called {form.model!r}.")
+        model = form.model
+    else:
+        model = None  # the provider's own choice
+
+    temperature = fixed.temperature
+    if temperature is None and form.temperature:
+        try:
+            temperature = float(form.temperature)
+        except ValueError:
+            temperature = math.nan
+        low, high = TEMPERATURES
+        if not low <= temperature <= high:  # also refuses nan
+            raise Refusal(422, f"The temperature must be a number from {low:g} to {high:g}.")
+
+    if fixed.system_prompt is not None:
+        system_prompt = fixed.system_prompt or None
+    elif form.system_prompt is None:
+        system_prompt = DEFAULT_SYSTEM_PROMPT
+    else:
+        system_prompt = form.system_prompt.strip() or None
+    return ChatSettings(model, system_prompt, temperature)
+
+
+async def offered_models(app: web.Application) -> list[str]:
+    """The models the model server lists (cached by the provider); none if it is slow."""
+    try:
+        async with asyncio.timeout(MODELS_WAIT_S):
+            return await app[PROVIDER].models()
+    except TimeoutError:
+        return []
+
+
+async def page_choices(app: web.Application, conversation: Conversation | None) -> dict[str, Any]:
+    """What the page's settings show: the current values, what may be chosen, what is fixed."""
+    fixed = app[CONFIG].openai
+    current = conversation.settings if conversation else ChatSettings()
+    if fixed.system_prompt is not None:
+        system_prompt = fixed.system_prompt
+    elif conversation is not None:
+        system_prompt = current.system_prompt or ""
+    else:
+        system_prompt = DEFAULT_SYSTEM_PROMPT
+    temperature = fixed.temperature if fixed.temperature is not None else current.temperature
+    return {
+        "models": [] if fixed.model else await offered_models(app),
+        "model": fixed.model or current.model or app[PROVIDER].model,
+        "model_fixed": bool(fixed.model),
+        "system_prompt": system_prompt,
+        "system_prompt_fixed": fixed.system_prompt is not None,
+        "temperature": "" if temperature is None else f"{temperature:g}",
+        "temperature_fixed": fixed.temperature is not None,
+        "temperatures": TEMPERATURES,
+    }
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+async def export_conversation(request: web.Request) -> web.Response:
+    """The conversation as a Markdown file: prompts, answers, model and time."""
+    cid = request.match_info["cid"]
+    conversation = request.app[STORE].conversations.get(cid) if is_id(cid) else None
+    if conversation is None:
+        return aiohttp_jinja2.render_template(
+            "gone.html", request, {"message": CONVERSATION_GONE}, status=404
+        )
+    data = export_markdown(conversation).encode()
+    limit = request.app[CONFIG].max_export_bytes
+    if len(data) > limit:
+        message = (
+            f"This conversation is too large to export ({len(data):,} bytes; "
+            f"the limit is {limit:,})."
+        )
+        return aiohttp_jinja2.render_template(
+            "gone.html", request, {"message": message}, status=413
+        )
+    day = time.strftime("%Y-%m-%d", time.gmtime(conversation.created))
+    return web.Response(
+        body=data,
+        content_type="text/markdown",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="conversation-{day}.md"'},
+    )
 
 
 # --- pacing -------------------------------------------------------------------------------
@@ -1366,14 +1706,18 @@ def printable(text: str) -> str:
 
 class AccessLogger(web.AbstractAccessLogger):
     """aiohttp's access log line, without the query string (a stream's URL
-    carries its uid, and a log line must not hand anyone the answer), and
-    with every value made printable."""
+    carries its uid, and a log line must not hand anyone the answer) or a
+    conversation's id, and with every value made printable."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = _CONVERSATION_ID.sub("/c/…", request.path)  # an id is a capability too
         self.logger.info(
             '%s "%s %s" %s %.3fs', printable(request.remote or "-"), printable(request.method),
-            printable(request.path), response.status, time,
+            printable(path), response.status, time,
         )  # fmt: skip
+
+
+_CONVERSATION_ID = re.compile(r"^/c/[^/]*")
 
 
 # --- security headers ---------------------------------------------------------------------
@@ -1594,6 +1938,30 @@ class Config:
         10.0, "seconds a client may take to send a request's headers, and again its body",
         group=LIMITS, convert=positive(float),
     )  # fmt: skip
+    max_conversations: int = setting(
+        1000, "conversations kept; past it the least recently used is forgotten",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    max_turns: int = setting(
+        50, "turns one conversation may have", group=LIMITS, convert=positive(int)
+    )
+    history_chars: int = setting(
+        24_000, "characters of a conversation sent with a new prompt; older turns are "
+        "left out, and the page says so",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    conversation_ttl: float = setting(
+        86_400.0, "seconds a conversation is kept without use",
+        group=LIMITS, convert=positive(float),
+    )  # fmt: skip
+    max_kept_chars: int = setting(
+        50_000_000, "characters of all conversations kept together (prompts, answers, "
+        "reasoning); past it the least recently used are forgotten",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
+    max_export_bytes: int = setting(
+        4_000_000, "largest conversation export, in bytes", group=LIMITS, convert=positive(int)
+    )
     max_answer_chars: int = setting(
         100_000, "longest answer (and reasoning) kept, in characters; then the answer ends "
         "with a note and the model server is released",
@@ -1726,6 +2094,15 @@ def answers_from(config: Config) -> str:
     return f"the model server at {public_url(openai.base_url)}, model {model}"
 
 
+async def check_model_server(app: web.Application) -> None:
+    """At start, ask the model server once and say what was found: a warning, never
+    a refusal to start (the model server may come up later)."""
+    provider = app[PROVIDER]
+    if isinstance(provider, OpenAIProvider):
+        well, said = await provider.check()
+        (log.info if well else log.warning)("model server: %s", said)
+
+
 # --- the garbage collector ----------------------------------------------------------------
 
 # The cyclic collector's passes scan live objects: with thousands of streams
@@ -1750,6 +2127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         log.info("open files: at most %d", after)
     app = make_app(config)
+    app.on_startup.append(check_model_server)
     gc.freeze()  # the modules and the app live as long as the process: never scan them again
     gc.set_threshold(*GC_THRESHOLDS)
     local = all(app[VENDOR][script.filename] == script.local_url for script in VENDOR_SCRIPTS)

@@ -24,7 +24,15 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator
 
-from providers.events import Answer, Failure, Finished, ProviderEvent, Reasoning, Status
+from providers.events import (
+    Answer,
+    ChatRequest,
+    Failure,
+    Finished,
+    ProviderEvent,
+    Reasoning,
+    Status,
+)
 
 #: What makes the demo provider fail on purpose.
 ERROR_COMMAND = "/error"
@@ -51,16 +59,31 @@ def _thinking(prompt: str) -> str:
     )
 
 
-def _answer(prompt: str) -> str:
-    quoted = prompt[:QUOTE_CHARS] + ("…" if len(prompt) > QUOTE_CHARS else "")
-    quote = "\n".join("> " + line for line in quoted.split("\n"))
+def _quote(text: str) -> str:
+    quoted = text[:QUOTE_CHARS] + ("…" if len(text) > QUOTE_CHARS else "")
+    return "\n".join("> " + line for line in quoted.split("\n"))
+
+
+def _context(request: ChatRequest) -> str:
+    """What the demo received of the conversation: it shows that history travels."""
+    asked = [message.content for message in request.earlier if message.role == "user"]
+    if not asked:
+        return "This is the first prompt of the conversation: no history came with it.\n\n"
+    turns = "one earlier turn" if len(asked) == 1 else f"{len(asked)} earlier turns"
+    return (
+        f"The history came with it: {turns}. Your previous prompt was:\n\n{_quote(asked[-1])}\n\n"
+    )
+
+
+def _answer(request: ChatRequest) -> str:
     return (
         "**This is the demo provider.** No model was asked.\n"
         "\n"
         "You wrote:\n"
         "\n"
-        f"{quote}\n"
+        f"{_quote(request.prompt)}\n"
         "\n"
+        f"{_context(request)}"
         "What you just watched:\n"
         "\n"
         "- the grey line above came as `thought` events, each one replacing the last;\n"
@@ -82,14 +105,18 @@ class DemoProvider:
     def __init__(self, delay: float = 0.03) -> None:
         self.delay = delay
 
-    async def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
+    async def models(self) -> list[str]:
+        return []  # nothing to choose
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ProviderEvent, None]:
+        prompt = request.prompt
         fail = prompt.lstrip().startswith(ERROR_COMMAND)
         yield Status("Thinking…")
         for piece in pieces(_thinking(prompt)):
             await asyncio.sleep(self.delay)
             yield Reasoning(piece)
 
-        answer = pieces(_answer(prompt))
+        answer = pieces(_answer(request))
         fail_at = len(answer) // 2 if fail else None
         for index, piece in enumerate(answer):
             if index == fail_at:

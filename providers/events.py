@@ -5,7 +5,8 @@ server decides how each one reaches the browser (which SSE event, escaping,
 pacing); a provider never knows about SSE, HTML or htmx, and the server never
 sees a provider's wire format (no ``choices[0].delta`` outside ``providers/``).
 
-The contract of ``Provider.stream(prompt)``:
+The contract of ``Provider.stream(request)``, where ``request`` is a
+``ChatRequest`` (the conversation so far, ending with the new prompt):
 
 - it yields any number of ``Status``, ``Reasoning``, ``Answer`` and ``Usage``
   events, in the order the model produced them;
@@ -82,6 +83,32 @@ class Failure:
 ProviderEvent = Status | Reasoning | Answer | Usage | Finished | Failure
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a conversation, as chat APIs take it."""
+
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What a provider is asked: the messages so far, ending with the new prompt."""
+
+    messages: tuple[Message, ...]
+    model: str | None = None  # None: the provider's own choice
+    temperature: float | None = None  # None: the model server's default
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1].content
+
+    @property
+    def earlier(self) -> tuple[Message, ...]:
+        """The messages before the new prompt, the system message left out."""
+        return tuple(message for message in self.messages[:-1] if message.role != "system")
+
+
 class Provider(Protocol):
     """Anything that can stream an answer to a prompt."""
 
@@ -90,8 +117,12 @@ class Provider(Protocol):
     #: The model that answers, as the person should see it.
     model: str
 
-    def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
-        """Stream the events for one prompt (see the module docstring).
+    async def models(self) -> list[str]:
+        """The models a person may choose from (empty when the server lists none)."""
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ProviderEvent, None]:
+        """Stream the events for one request (see the module docstring).
 
         An async generator: the server closes it (``aclose()``) when it stops
         listening, and closing it releases what it holds.

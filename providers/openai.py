@@ -73,6 +73,7 @@ import aiohttp
 from yarl import URL
 
 from providers.events import (
+    ChatRequest,
     Failure,
     Finished,
     ProviderEvent,
@@ -87,6 +88,7 @@ from settings import MODEL_SERVER, http_url, not_negative, positive, setting, te
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MODELS_TIMEOUT_S = 5.0  # for GET /models, when no model is configured
 MAX_MODELS_LISTED = 10  # in the message that asks the person to choose
+MODELS_CACHE_S = 60.0  # how long the page's list of models is kept
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
 
 #: How much of an error body is read: enough for any JSON error, not a whole page.
@@ -132,9 +134,12 @@ class OpenAISettings:
         None, "sent as `Authorization: Bearer …`",
         group=MODEL_SERVER, env="OPENAI_API_KEY", convert=text_or_none, flag=False,
     )  # fmt: skip
+    #: None: each conversation has its own, from the page (DEFAULT_SYSTEM_PROMPT
+    #: at first); set, it is fixed for every conversation ("" for none).
     system_prompt: str | None = setting(
-        DEFAULT_SYSTEM_PROMPT, "the system message; empty for none",
-        group=MODEL_SERVER, env="OPENAI_SYSTEM_PROMPT", convert=text_or_none, metavar="TEXT",
+        None, "the system message, fixed for every conversation (empty for none); "
+        "default: each conversation's own, set in the page",
+        group=MODEL_SERVER, env="OPENAI_SYSTEM_PROMPT", metavar="TEXT",
     )  # fmt: skip
     temperature: float | None = setting(
         None, "sampling temperature; default: the server's",
@@ -187,18 +192,20 @@ class OpenAIProvider:
         self.model = settings.model
         self.url = f"{settings.base_url.rstrip('/')}/chat/completions"
         self.models_url = f"{settings.base_url.rstrip('/')}/models"
+        self._listed: list[str] = []
+        self._listed_at = -math.inf
 
-    async def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
-        """Yield the events for one prompt (see ``providers.events`` for the contract)."""
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ProviderEvent, None]:
+        """Yield the events for one request (see ``providers.events`` for the contract)."""
         try:
-            model = await self._resolve_model()
+            model = request.model or await self._resolve_model()
         except _CannotStart as failure:
             yield Failure(str(failure))
             return
         yield Status(f"Connecting to {model}…")
         clock = _Clock(self._settings)
         try:
-            response = await self._send(prompt, clock)
+            response = await self._send(self._request_body(request, model), clock)
         except _CannotStart as failure:
             yield Failure(str(failure))
             return
@@ -220,6 +227,42 @@ class OpenAIProvider:
 
     # --- the model ---
 
+    async def models(self) -> list[str]:
+        """What the model server lists, asked at most once per ``MODELS_CACHE_S``
+        (none while it cannot be reached)."""
+        if time.monotonic() - self._listed_at > MODELS_CACHE_S:
+            self._listed_at = time.monotonic()
+            try:
+                self._listed = await self._list_models() or []
+            except _CannotStart:
+                self._listed = []
+        return self._listed
+
+    async def check(self) -> tuple[bool, str]:
+        """Ask the model server once, for the start-up log: whether all is well, and
+        what was found. Never raises: a server that starts later is fine."""
+        try:
+            models = await self._list_models()
+        except _CannotStart as problem:
+            return False, str(problem)
+        if models is None:
+            return False, (
+                f"could not reach the model server at {self._where()}; answers fail until it is up"
+            )
+        if self.model:
+            if models and self.model not in models:
+                return False, (
+                    f"the model server does not list {self.model!r}; it lists: {_listing(models)}"
+                )
+            return True, f"the model server is up; it answers with {self.model}"
+        if not models:
+            return False, "the model server lists no model: name one with --model or OPENAI_MODEL"
+        if len(models) == 1:
+            return True, f"the model server is up; it serves {models[0]}"
+        return True, f"the model server offers {len(models)} models, one per conversation: " + (
+            _listing(models)
+        )
+
     async def _resolve_model(self) -> str:
         """The configured model, else the only one the server lists (llama.cpp,
         vLLM and LM Studio usually serve one); asked once, when first needed,
@@ -236,10 +279,8 @@ class OpenAIProvider:
             self.model = models[0]
             return self.model
         if models:
-            offered = ", ".join(models[:MAX_MODELS_LISTED])
-            more = "…" if len(models) > MAX_MODELS_LISTED else ""
             raise _CannotStart(
-                f"Choose a model with --model or OPENAI_MODEL; the server offers: {offered}{more}"
+                f"Choose a model in the page's settings; the server offers: {_listing(models)}"
             )
         raise _CannotStart(
             f"No model is set, and the model server at {self._where()} lists none: "
@@ -276,21 +317,20 @@ class OpenAIProvider:
 
     # --- the request ---
 
-    def _request_body(self, prompt: str) -> dict[str, Any]:
+    def _request_body(self, request: ChatRequest, model: str) -> dict[str, Any]:
         settings = self._settings
-        messages = []
-        if settings.system_prompt:
-            messages.append({"role": "system", "content": settings.system_prompt})
-        messages.append({"role": "user", "content": prompt})
         body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "stream": True,
             # Without this, servers send no token counts in a stream.
             "stream_options": {"include_usage": True},
         }
-        if settings.temperature is not None:
-            body["temperature"] = settings.temperature
+        temperature = (
+            request.temperature if request.temperature is not None else settings.temperature
+        )
+        if temperature is not None:
+            body["temperature"] = temperature
         if settings.max_tokens is not None:
             body["max_tokens"] = settings.max_tokens
         return body
@@ -308,7 +348,7 @@ class OpenAIProvider:
             headers["Authorization"] = f"Bearer {self._settings.api_key}"
         return headers
 
-    async def _send(self, prompt: str, clock: _Clock) -> aiohttp.ClientResponse:
+    async def _send(self, body: dict[str, Any], clock: _Clock) -> aiohttp.ClientResponse:
         """Send the request and wait for the response headers, or raise ``_CannotStart``."""
         settings = self._settings
         connect = aiohttp.ClientTimeout(
@@ -318,7 +358,7 @@ class OpenAIProvider:
             async with clock.timeout(clock.headers_deadline()):
                 return await self._session.post(
                     self.url,
-                    json=self._request_body(prompt),
+                    json=body,
                     headers=self._request_headers(),
                     timeout=connect,
                 )
@@ -604,6 +644,11 @@ class _Translator:
 # --- reading JSON ---
 
 _VERSION_SEGMENT = re.compile(r"/v\d")  # /v1, /v1beta, /v4: an API version in a path
+
+
+def _listing(models: list[str]) -> str:
+    more = "…" if len(models) > MAX_MODELS_LISTED else ""
+    return ", ".join(models[:MAX_MODELS_LISTED]) + more
 
 
 def _sentence(text: str) -> str:

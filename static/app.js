@@ -57,6 +57,15 @@ document.addEventListener("htmx:sseClose", (event) => {
   const stopped = stream.querySelector("[data-finish=stopped]");
   stream.querySelector(".status").textContent =
     failed ? "Stopped by an error." : stopped ? "Stopped." : "Done.";
+  // The turn has ended: its Regenerate (or Retry) and Edit buttons show.
+  const turn = stream.closest(".turn");
+  turn?.classList.add("done");
+  turn?.classList.toggle("failed", Boolean(failed));
+  // Back to the prompt box for the next question, unless the person is elsewhere.
+  const active = document.activeElement;
+  if (!active || active === document.body || active.matches("button")) {
+    promptBox()?.focus();
+  }
 });
 
 // Follow the growing answer, unless the person scrolled up to read. Where the
@@ -82,13 +91,71 @@ document.addEventListener("htmx:sseMessage", () => {
   }
 });
 
-// Ctrl+Enter (or Cmd+Enter) in the prompt submits the form.
+// The keyboard, as in other chat apps: Enter sends (so do Ctrl+Enter and
+// Cmd+Enter), Shift+Enter makes a new line, Escape stops the answer being written.
+const promptBox = () => document.getElementById("prompt");
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target.form) {
+  if (event.key === "Enter" && event.target === promptBox() && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     event.target.form.requestSubmit();
+  } else if (event.key === "Escape") {
+    const stops = document.querySelectorAll(".thread .stop");
+    stops[stops.length - 1]?.click();
   }
 });
+
+// A prompt the server took: the box empties, ready for the next one. A refused
+// one keeps its text, and the refusal shows beside it (the server retargets it).
+document.addEventListener("htmx:afterRequest", (event) => {
+  if (!event.detail.successful || event.detail.elt.matches(".stop")) {
+    return;
+  }
+  const box = promptBox();
+  document.getElementById("prompt-error").replaceChildren();
+  if (event.detail.elt.matches("form")) {
+    box.value = "";
+    stopEditing();
+    countCharacters();
+  }
+});
+
+// How much of the prompt's limit is used, shown before it is reached.
+function countCharacters() {
+  const counter = document.querySelector(".count");
+  const box = promptBox();
+  if (!counter || !box) {
+    return;
+  }
+  const max = Number(counter.dataset.max);
+  counter.textContent = `${box.value.length.toLocaleString()} / ${max.toLocaleString()}`;
+  counter.classList.toggle("near-limit", box.value.length > max * 0.9);
+}
+document.addEventListener("input", (event) => {
+  if (event.target === promptBox()) {
+    countCharacters();
+  }
+});
+
+// Edit: the last prompt goes back into the box; sending it replaces that turn.
+document.addEventListener("click", (event) => {
+  const edit = event.target.closest("button.edit");
+  if (edit) {
+    const turn = edit.closest(".turn");
+    promptBox().value = turn.querySelector(".prompt-text").textContent;
+    document.getElementById("replace").value = edit.dataset.edit;
+    document.querySelector(".editing").hidden = false;
+    countCharacters();
+    promptBox().focus();
+  } else if (event.target.closest("button.cancel-edit")) {
+    stopEditing();
+    promptBox().value = "";
+    countCharacters();
+  }
+});
+function stopEditing() {
+  document.getElementById("replace").value = "";
+  document.querySelector(".editing").hidden = true;
+}
 
 // Copy buttons in a final answer: the whole answer, or one code block.
 document.addEventListener("click", async (event) => {

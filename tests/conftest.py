@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from providers.events import Provider, ProviderEvent
+from providers.events import ChatRequest, Provider, ProviderEvent
 from server import Config, make_app
 from tests.snippet import uid_from_snippet
 from tests.sse_client import SSEEvent, parse_stream
@@ -52,8 +52,15 @@ class ScriptedProvider:
     model: str = "scripted-model"
     started: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The models it lists, for the page's picker; and the requests it was sent.
+    listed: list[str] = field(default_factory=list)
+    requests: list[ChatRequest] = field(default_factory=list)
 
-    async def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
+    async def models(self) -> list[str]:
+        return self.listed
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        self.requests.append(request)
         self.started += 1
         self.closed.clear()
         try:

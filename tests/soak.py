@@ -30,6 +30,7 @@ import aiohttp
 
 from providers.demo import DemoProvider
 from providers.events import Answer
+from tests.chat import chat
 from tests.snippet import uid_from_snippet
 from tests.sse_client import answer_of, parse_stream
 
@@ -56,7 +57,7 @@ class Report:
 
 
 async def expected_answer(prompt: str) -> str:
-    events = DemoProvider(delay=0).stream(prompt)
+    events = DemoProvider(delay=0).stream(chat(prompt))
     return "".join([event.text async for event in events if isinstance(event, Answer)])
 
 

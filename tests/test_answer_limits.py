@@ -9,7 +9,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncGenerator
 
-from providers.events import Answer, ProviderEvent, Reasoning
+from providers.events import Answer, ChatRequest, ProviderEvent, Reasoning
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
 from tests.waiting import eventually, healthz
 
@@ -71,7 +71,10 @@ class FreshTextProvider:
     def __init__(self, pieces: int, size: int) -> None:
         self.pieces, self.size = pieces, size
 
-    async def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
+    async def models(self) -> list[str]:
+        return []
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ProviderEvent, None]:
         for index in range(self.pieces):
             yield Answer(chr(ord("a") + index) * self.size)
 
@@ -100,4 +103,7 @@ async def test_a_finished_answer_is_freed_without_waiting_for_the_cycle_collecto
     finally:
         tracemalloc.stop()
         gc.enable()
-    assert held < 1_000_000  # the answer alone was 4 MB, its frames and render as much again
+    # What stays is the answer the conversation keeps (4 MB, one string), not
+    # its pieces, its stream's frames or its rendered HTML (as much again each).
+    answer = provider.pieces * provider.size
+    assert answer < held < answer + 1_000_000

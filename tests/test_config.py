@@ -98,9 +98,10 @@ def test_model_settings_come_from_flags_and_env():
     assert (config.openai.idle_timeout, config.openai.reasoning_hold) == (5.0, 0.0)
 
 
-def test_empty_system_prompt_means_none():
-    assert parse_config(["--system-prompt", ""], {}).openai.system_prompt is None
-    assert parse_config([], {}).openai.system_prompt  # a short default otherwise
+def test_a_system_prompt_flag_fixes_it_for_every_conversation():
+    assert parse_config(["--system-prompt", ""], {}).openai.system_prompt == ""  # none at all
+    assert parse_config(["--system-prompt", "Be brief."], {}).openai.system_prompt == "Be brief."
+    assert parse_config([], {}).openai.system_prompt is None  # each conversation's own
 
 
 def test_help_documents_every_option():

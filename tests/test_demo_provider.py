@@ -2,11 +2,12 @@
 
 from providers.demo import DemoProvider, pieces
 from providers.events import Answer, Failure, Finished, Reasoning, Status
+from tests.chat import chat
 from tests.conftest import post_prompt, read_stream
 
 
 async def collect(prompt: str) -> list:
-    return [event async for event in DemoProvider(delay=0).stream(prompt)]
+    return [event async for event in DemoProvider(delay=0).stream(chat(prompt))]
 
 
 def test_pieces_join_back_to_the_text_exactly():
@@ -42,7 +43,7 @@ async def test_demo_is_paced_by_its_delay():
     import time
 
     started = time.monotonic()
-    events = [event async for event in DemoProvider(delay=0.002).stream("hi")]
+    events = [event async for event in DemoProvider(delay=0.002).stream(chat("hi"))]
     assert time.monotonic() - started >= 0.002 * len(events) / 2
 
 

@@ -172,7 +172,7 @@ async def test_several_models_and_none_chosen_asks_to_choose(start_app, fake_ups
     client = await start_openai(start_app, fake_upstream, model="")
     uid = await post_prompt(client)
     _, events, _ = await read_stream(client, uid)
-    assert "Choose a model with --model or OPENAI_MODEL; the server offers: qwen3, llama3.2" in (
+    assert "Choose a model in the page&#x27;s settings; the server offers: qwen3, llama3.2" in (
         events[-2].data
     )
 

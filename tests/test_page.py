@@ -12,9 +12,12 @@ async def test_page_has_the_htmx_form_and_an_empty_container(start_app):
     page = await response.text()
 
     assert response.status == 200
-    assert '<form hx-post="/process_prompt" hx-target="#response-container">' in page
+    assert (
+        '<form hx-post="/process_prompt" hx-target="#response-container" hx-swap="beforeend"'
+        in page
+    )
     assert '<textarea id="prompt" name="prompt"' in page
-    assert '<div id="response-container"></div>' in page
+    assert '<div id="response-container" class="thread">\n    </div>' in page
     assert "offline demo provider" in page
     assert "OPENAI_BASE_URL" in page  # how to point it at a real model
 

@@ -78,6 +78,7 @@ async def test_post_only_stores_the_prompt(start_app):
         "uids_pending": 1,
         "listeners": 0,
         "streams_kept": 1,
+        "conversations": 1,  # its turn's conversation
     }
 
 
@@ -280,7 +281,7 @@ async def test_store_entry_is_removed_when_the_stream_ends(start_app):
     await read_stream(client, uid)
     assert await health(client) == {
         "status": "ok", "provider": "demo", "streams_in_flight": 0, "uids_pending": 0,
-        "listeners": 0, "streams_kept": 0,
+        "listeners": 0, "streams_kept": 0, "conversations": 1,  # kept for a reload
     }  # fmt: skip
 
 
