@@ -1384,9 +1384,10 @@ async def page_choices(app: web.Application, conversation: Conversation | None) 
     else:
         system_prompt = DEFAULT_SYSTEM_PROMPT
     temperature = fixed.temperature if fixed.temperature is not None else current.temperature
+    models = [] if fixed.model else await offered_models(app)
     return {
-        "models": [] if fixed.model else await offered_models(app),
-        "model": fixed.model or current.model or app[PROVIDER].model,
+        "models": models,
+        "model": fixed.model or current.model or app[PROVIDER].model or next(iter(models), ""),
         "model_fixed": bool(fixed.model),
         "system_prompt": system_prompt,
         "system_prompt_fixed": fixed.system_prompt is not None,
