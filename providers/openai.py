@@ -27,6 +27,10 @@ How a stream is read:
 - Unknown keys (``obfuscation``, ``x_groq``, ``timings``, ``provider``…) and
   chunks with an empty ``choices`` list (Azure's first, the usage chunk) are
   fine.
+- The request asks for the identity encoding, and a compressed body is
+  refused unread: a few hundred KB of gzip can inflate to gigabytes. Requests
+  say ``auto_decompress=False``, and ``make_session()`` makes the app's
+  session that way too.
 
 Failures end the stream with one short ``Failure`` that is safe to show: no
 HTML, no API key (a 401's message may echo a masked key, so it is never shown),
@@ -70,6 +74,7 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+from aiohttp import hdrs
 from yarl import URL
 
 from providers.events import (
@@ -165,6 +170,17 @@ class OpenAISettings:
     )  # fmt: skip
 
 
+def make_session() -> aiohttp.ClientSession:
+    """The app's shared ``ClientSession`` for the model server, made inside the running loop.
+
+    It never decompresses: requests ask for the identity encoding, and a
+    compressed answer is refused unread (a few hundred KB of gzip can inflate
+    to gigabytes). The provider also says so on each request, in case its
+    session was made another way.
+    """
+    return aiohttp.ClientSession(connector=make_connector(), auto_decompress=False)
+
+
 def make_connector() -> aiohttp.TCPConnector:
     """A connector for the app's shared ``ClientSession``, made inside the running loop.
 
@@ -256,8 +272,16 @@ class OpenAIProvider:
         try:
             async with (
                 asyncio.timeout(MODELS_TIMEOUT_S),
-                self._session.get(self.models_url, headers=headers) as response,
+                self._session.get(
+                    self.models_url, headers=headers, auto_decompress=False
+                ) as response,
             ):
+                compressed = self._compressed(response, "list of models")
+                if compressed is not None:
+                    raise _CannotStart(
+                        f"No model is set, and asking for one failed. {compressed} "
+                        "(Or name one with --model or OPENAI_MODEL.)"
+                    )
                 if response.status != HTTPStatus.OK:
                     problem = await self._http_error(response)
                     raise _CannotStart(
@@ -299,7 +323,8 @@ class OpenAIProvider:
         headers = {
             "Accept": SSE_CONTENT_TYPE,
             # A compressing proxy may buffer the stream until it has a block to
-            # compress; the identity encoding keeps tokens flowing.
+            # compress; the identity encoding keeps tokens flowing. (And a
+            # compressed answer is refused: see `_compressed`.)
             "Accept-Encoding": "identity",
             # One connection per stream, never reused (see the module docstring).
             "Connection": "close",
@@ -321,6 +346,7 @@ class OpenAIProvider:
                     json=self._request_body(prompt),
                     headers=self._request_headers(),
                     timeout=connect,
+                    auto_decompress=False,  # see `_compressed`
                 )
         except aiohttp.ConnectionTimeoutError:
             raise _CannotStart(
@@ -354,11 +380,35 @@ class OpenAIProvider:
 
     async def _problem_with(self, response: aiohttp.ClientResponse) -> str | None:
         """A message if the response is not the event stream we asked for."""
+        compressed = self._compressed(response, "stream")
+        if compressed is not None:
+            return compressed
         if response.status != 200:
             return await self._http_error(response)
         if response.content_type != SSE_CONTENT_TYPE:
             return await self._not_a_stream(response)
         return None
+
+    def _compressed(self, response: aiohttp.ClientResponse, what: str) -> str | None:
+        """A message if the body (``what`` it should be) is compressed, which this app never reads.
+
+        We ask for ``Accept-Encoding: identity``; a server or proxy that
+        compresses anyway could send a few hundred KB that inflate to
+        gigabytes, so the body is refused unread.
+        """
+        encoding = response.headers.get(hdrs.CONTENT_ENCODING, "").strip()
+        if encoding.lower() in ("", "identity"):
+            return None
+        compressed = f"compressed ({self._clean(encoding)})"
+        if response.status != HTTPStatus.OK:
+            status = f"{response.status} {response.reason or ''}".rstrip()
+            return (
+                f"The model server answered {status}, {compressed}, which this app does not accept."
+            )
+        return (
+            f"The model server sent a {compressed} {what}, which this app does not accept: "
+            "it asks for an uncompressed one. Is a proxy in between compressing it?"
+        )
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> str:
         status = f"{response.status} {response.reason or ''}".rstrip()

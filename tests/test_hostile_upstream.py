@@ -8,6 +8,7 @@ the app must keep answering everyone else (``/healthz``) meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import html
 import math
 import time
@@ -94,4 +95,25 @@ async def test_a_flood_of_held_text_does_not_stall_the_app(
     (_, events, _), slowest = await slowest_healthz_during(client, read_stream(client, uid))
 
     assert "".join(texts(events, "answer_chunk")) == "Held on. " * 40_000
+    assert slowest < HEALTHZ_WITHIN, f"/healthz took {slowest:.2f} s"
+
+
+# --- B: a compressed stream, although the app asks for the identity encoding ---
+
+
+async def test_a_gzip_bomb_is_refused_unread(
+    start_app: StartApp, fake_upstream: FakeUpstream
+) -> None:
+    """150 KB of gzip that would inflate to 39 MB of chunks: never inflated."""
+    inflated = chunk(content="Boom! ") * 200_000
+    fake_upstream.reply(gzip.compress(inflated), headers={"Content-Encoding": "gzip"})
+    client = await start_openai(start_app, fake_upstream)
+    uid = await post_prompt(client)
+    (_, events, _), slowest = await slowest_healthz_during(client, read_stream(client, uid))
+
+    assert texts(events, "error") == [
+        "The model server sent a compressed (gzip) stream, which this app does not accept: "
+        "it asks for an uncompressed one. Is a proxy in between compressing it?"
+    ]
+    assert not texts(events, "answer_chunk")
     assert slowest < HEALTHZ_WITHIN, f"/healthz took {slowest:.2f} s"

@@ -9,6 +9,7 @@ frames written whole, one byte per write, and cut at random places.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import math
 import shutil
@@ -24,13 +25,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from providers.events import Answer, Reasoning, Status, Usage
+from providers.events import Answer, Failure, Reasoning, Status, Usage
 from providers.openai import (
     BROKEN,
     INTERRUPTED,
     WAITING_STATUS,
     OpenAIProvider,
     OpenAISettings,
+    make_session,
 )
 from tests.fake_upstream import (
     DONE,
@@ -733,6 +735,54 @@ async def test_a_404_gets_no_base_url_hint_when_the_base_url_is_not_the_cause(
     result = await run(body, status=404, content_type="text/plain", settings={"base_url": base_url})
     assert result.failure is not None and "404 Not Found" in result.failure
     assert "Check the base URL" not in result.failure
+
+
+# --- compressed answers ---
+
+
+def gzipped_stream() -> bytes:
+    return gzip.compress(chunk(content="Squeezed") + chunk(finish_reason="stop") + DONE)
+
+
+async def test_a_compressed_stream_is_refused_unread(fake_upstream: FakeUpstream, run: Run) -> None:
+    result = await run(gzipped_stream(), headers={"Content-Encoding": "gzip"})
+    assert_failure(result, "", "sent a compressed (gzip) stream, which this app does not accept")
+    assert fake_upstream.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+async def test_a_compressed_error_is_refused_unread(run: Run) -> None:
+    body = gzip.compress(_openai_shape("Never read."))
+    result = await run(
+        body, status=500, content_type="application/json", headers={"Content-Encoding": "gzip"}
+    )
+    assert result.failure == (
+        "The model server answered 500 Internal Server Error, compressed (gzip), "
+        "which this app does not accept."
+    )
+
+
+async def test_a_compressed_list_of_models_is_refused_unread(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    models = gzip.compress(b'{"data": [{"id": "only-one"}]}')
+    fake_upstream.reply(
+        models, content_type="application/json", headers={"Content-Encoding": "gzip"}
+    )
+    provider = make_provider(fake_upstream, client_session, model="")
+    assert [event async for event in provider.stream("Hi")] == [
+        Failure(
+            "No model is set, and asking for one failed. The model server sent a compressed "
+            "(gzip) list of models, which this app does not accept: it asks for an uncompressed "
+            "one. Is a proxy in between compressing it? (Or name one with --model or OPENAI_MODEL.)"
+        )
+    ]
+
+
+async def test_the_session_made_for_the_app_never_decompresses(fake_upstream: FakeUpstream) -> None:
+    compressed = gzipped_stream()
+    fake_upstream.reply(compressed, headers={"Content-Encoding": "gzip"})
+    async with make_session() as session, session.get(fake_upstream.base_url) as response:
+        assert await response.read() == compressed
 
 
 # --- reaching the server ---
