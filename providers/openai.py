@@ -26,7 +26,8 @@ How a stream is read:
   with neither a ``finish_reason`` nor ``[DONE]`` was interrupted.
 - Unknown keys (``obfuscation``, ``x_groq``, ``timings``, ``provider``…) and
   chunks with an empty ``choices`` list (Azure's first, the usage chunk) are
-  fine.
+  fine, and so is an empty ``data:`` line. Data that is not a JSON object ends
+  the stream with a failure: skipped, its text would vanish from the answer.
 - The request asks for the identity encoding, and a compressed body is
   refused unread: a few hundred KB of gzip can inflate to gigabytes. Requests
   say ``auto_decompress=False``, and ``make_session()`` makes the app's
@@ -109,6 +110,7 @@ WAITING_STATUS = "Waiting for the first token…"
 INTERRUPTED = "The model server closed the stream before the answer was complete."
 BROKEN = "The connection to the model server broke before the answer was complete."
 STREAM_ERROR = "The model server reported an error"
+NOT_A_CHUNK = "The model server sent a chunk that is not a JSON object"
 
 # A masked key as servers echo it ("sk-ab12**********wxyz"): any word with a run of stars.
 _MASKED_SECRET = re.compile(r"\S*\*{3,}\S*")
@@ -613,9 +615,12 @@ class _Translator:
         if sse_event.data.startswith(DONE_MARKER):
             self._done = True
             return self._close(None)
+        if not sse_event.data.strip():
+            return []  # an empty `data:` line says nothing
         chunk = _json_object(sse_event.data)
         if chunk is None:
-            return []  # not a JSON object: skipped, like an unknown field
+            # Skipping it would drop its text from the answer without a word.
+            return self._fail(f"{NOT_A_CHUNK}: {_clean(sse_event.data, self._api_key)}")
         if chunk.get("error") or chunk.get("object") == "error":
             return self._fail_with(_error_detail(chunk))
         self._usage = _usage(chunk) or self._usage

@@ -117,3 +117,22 @@ async def test_a_gzip_bomb_is_refused_unread(
     ]
     assert not texts(events, "answer_chunk")
     assert slowest < HEALTHZ_WITHIN, f"/healthz took {slowest:.2f} s"
+
+
+# --- C: a chunk that is not JSON ---
+
+
+async def test_a_malformed_chunk_is_reported_not_skipped(
+    start_app: StartApp, fake_upstream: FakeUpstream
+) -> None:
+    """Text that cannot be read must not vanish from the answer without a word."""
+    torn = b'data: {"choices": [{"delta": {"content": " the middle"}}\n\n'
+    fake_upstream.reply([chunk(content="The start,"), torn, chunk(content=" the end."), DONE])
+    client = await start_openai(start_app, fake_upstream)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    assert "".join(texts(events, "answer_chunk")) == "The start,"
+    assert texts(events, "error") == [
+        "The model server sent a chunk that is not a JSON object: "
+        '{"choices": [{"delta": {"content": " the middle"}}'
+    ]

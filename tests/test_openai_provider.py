@@ -29,6 +29,7 @@ from providers.events import Answer, Failure, Reasoning, Status, Usage
 from providers.openai import (
     BROKEN,
     INTERRUPTED,
+    NOT_A_CHUNK,
     WAITING_STATUS,
     OpenAIProvider,
     OpenAISettings,
@@ -461,6 +462,39 @@ async def test_framing_quirks(run: Run, split: str) -> None:
         split=split,
     )
     assert_success(result, "", "é😀 😀 ok")
+
+
+NOT_OBJECTS = {
+    "torn-json": b'data: {"choices": [{"delta": {"content": "lost"}}\n\n',
+    "plain-text": b"data: Hello there\n\n",
+    "list": b'data: [{"choices": []}]\n\n',
+    "string": b'data: "Hello"\n\n',
+    "number": b"data: 42\n\n",
+    "null": b"data: null\n\n",
+}
+
+
+@pytest.mark.parametrize("bad", NOT_OBJECTS.values(), ids=NOT_OBJECTS.keys())
+async def test_a_chunk_that_is_not_a_json_object_ends_the_stream(run: Run, bad: bytes) -> None:
+    """Skipped, its text would vanish from the answer and nobody would know."""
+    result = await run([chunk(content="Before"), bad, chunk(content=" after"), DONE])
+    start = bad.decode().removeprefix("data: ").strip()
+    assert_failure(result, "Before", f"{NOT_A_CHUNK}: {start}")
+
+
+async def test_a_chunk_that_is_not_json_is_cleaned_before_it_is_shown(run: Run) -> None:
+    bad = f"data: <html>\ndata: key {API_KEY} then {'x' * 500}\n\n".encode()
+    result = await run([bad, DONE])
+    assert result.failure is not None
+    assert result.failure.startswith(f"{NOT_A_CHUNK}: <html> key [redacted] then xxx")
+    assert len(result.failure) < len(NOT_A_CHUNK) + 310 and result.failure.endswith("…")
+
+
+async def test_an_empty_data_line_is_ignored(run: Run, split: str) -> None:
+    result = await run(
+        [chunk(content="A"), b"data:\n\n", b"data: \n\n", chunk(content="B"), DONE], split=split
+    )
+    assert_success(result, "", "AB", reason=None)
 
 
 async def test_no_done_after_finish_is_success(run: Run, split: str) -> None:
