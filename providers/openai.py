@@ -113,9 +113,13 @@ STREAM_ERROR = "The model server reported an error"
 NOT_A_CHUNK = "The model server sent a chunk that is not a JSON object"
 
 # A masked key as servers echo it ("sk-ab12**********wxyz"): any word with a run of stars.
-_MASKED_SECRET = re.compile(r"\S*\*{3,}\S*")
+_MASK = "***"
 _REDACTED = "[redacted]"
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
+#: How much of an upstream message is looked at: more than can be shown, so
+#: that redacting a word never pulls an unexamined one into view.
+_LOOKED_AT_CHARS = 2 * MAX_MESSAGE_CHARS
 
 
 @dataclass(frozen=True)
@@ -745,14 +749,33 @@ def _count(value: Any) -> int | None:
 
 
 def _clean(text: str, api_key: str | None) -> str:
-    """Make an upstream message safe to show: no key, no masked key, one line, short."""
+    """Make an upstream message safe to show: no key, no masked key, one line, short.
+
+    It takes linear time, however long the message: only its start is looked
+    at, one word at a time. (A pattern such as ``\\S*\\*{3,}\\S*`` retries
+    from every character of a long word: about a minute for 64 KB.)
+    """
     if api_key:
         text = text.replace(api_key, _REDACTED)
-    text = _MASKED_SECRET.sub(_REDACTED, text)
     text = _WHITESPACE.sub(" ", text).strip()
-    if len(text) > MAX_MESSAGE_CHARS:
+    shortened = len(text) > _LOOKED_AT_CHARS
+    if shortened:
+        text = _whole_words(text[:_LOOKED_AT_CHARS])
+    text = _WORD.sub(_redact_masked, text)
+    if shortened or len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
     return text
+
+
+def _whole_words(start: str) -> str:
+    """The start of a message without its last word, which may have been cut
+    (a secret cut in two must not pass for a harmless word). A start that is
+    one word stays: only its first half can be shown."""
+    return start.rsplit(" ", 1)[0]
+
+
+def _redact_masked(word: re.Match[str]) -> str:
+    return _REDACTED if _MASK in word[0] else word[0]
 
 
 def _os_reason(error: OSError) -> str:

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from providers.openai import OpenAISettings
 from tests.conftest import StartApp, post_prompt, read_stream
-from tests.fake_upstream import DONE, FakeUpstream, chunk
+from tests.fake_upstream import DONE, FakeUpstream, chunk, frame
 from tests.sse_client import SSEEvent
 
 #: The longest anyone asking /healthz may wait while an attack runs.
@@ -152,3 +152,20 @@ async def test_a_malformed_chunk_is_reported_not_skipped(
         "The model server sent a chunk that is not a JSON object: "
         '{"choices": [{"delta": {"content": " the middle"}}'
     ]
+
+
+# --- a long upstream message: cleaned in linear time ---
+
+
+async def test_a_long_error_message_does_not_stall_the_app(
+    start_app: StartApp, fake_upstream: FakeUpstream
+) -> None:
+    """A 20,000-character word used to take the redaction pattern seconds."""
+    long_word = "A" * 20_000
+    fake_upstream.reply([chunk(content="So far"), frame({"error": {"message": long_word}})])
+    client = await start_openai(start_app, fake_upstream)
+    watched = await read_watched(client, await post_prompt(client))
+
+    (error,) = texts(watched.events, "error")
+    assert error.startswith("The model server reported an error: AAAA") and error.endswith("A…")
+    assert watched.slowest_healthz < HEALTHZ_WITHIN, watched.slowest_healthz

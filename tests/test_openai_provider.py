@@ -731,6 +731,20 @@ async def test_long_upstream_messages_are_cut_and_keys_redacted(run: Run) -> Non
     assert "[redacted]" in result.failure
 
 
+async def test_a_masked_key_cut_where_a_long_message_is_cut_is_not_shown(run: Run) -> None:
+    """Only a long message's start is looked at. A masked key cut there, with
+    too few stars left to look masked, must not come into view when an
+    earlier word is redacted and the text grows shorter."""
+    long_masked = "a***" + "b" * 396  # 400 characters, redacted to 10
+    filler = "ww " + "w " * 93  # 189 characters: the key starts 10 characters before the cut
+    message = f"{long_masked} {filler}{MASKED_KEY}"
+    assert message[:600].endswith("sk-test-**")  # what is left of the key at the cut
+    result = await run(_openai_shape(message), status=400, content_type="application/json")
+    assert result.failure is not None
+    assert "[redacted]" in result.failure
+    assert "sk-test-" not in result.failure
+
+
 async def test_plain_text_error_body_gives_just_the_status(run: Run) -> None:
     result = await run(b"404 page not found", status=404, content_type="text/plain")
     assert result.failure == "The model server answered 404 Not Found."
