@@ -34,8 +34,11 @@ How a stream is read:
   session that way too.
 
 Failures end the stream with one short ``Failure`` that is safe to show: no
-HTML, no API key (a 401's message may echo a masked key, so it is never shown),
-upstream messages cut to ``MAX_MESSAGE_CHARS``. Errors inside a 200 stream come
+HTML, no API key (a 401's message may echo a masked key, so it is never shown;
+in other messages any word with a run of stars, or sharing ``KEY_RUN_CHARS``
+characters in a row with the key in any case, is redacted), upstream messages
+cut to ``MAX_MESSAGE_CHARS``. A listed model whose name would need such
+cleaning is left out of the list. Errors inside a 200 stream come
 in many shapes, all handled: ``{"error": …}`` chunks (also when ``[DONE]``
 follows them, as vLLM does, and alongside non-empty ``choices``, as OpenRouter
 does), ``event: error``, llama.cpp's old ``error:`` line and
@@ -114,6 +117,9 @@ NOT_A_CHUNK = "The model server sent a chunk that is not a JSON object"
 
 # A masked key as servers echo it ("sk-ab12**********wxyz"): any word with a run of stars.
 _MASK = "***"
+#: A word that shares this many characters in a row with the API key, in any
+#: case, is redacted: the key echoed upper-cased, cut short or split in two.
+KEY_RUN_CHARS = 8
 _REDACTED = "[redacted]"
 _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\S+")
@@ -302,7 +308,10 @@ class OpenAIProvider:
         entries = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(entries, list):
             return []
-        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        ids = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        # A name is shown on the page as it is: one that would need cleaning
+        # (an echo of the key, a masked key, a page of text) is not a model.
+        return [name for name in ids if name and self._clean(name) == name]
 
     # --- the request ---
 
@@ -749,22 +758,36 @@ def _count(value: Any) -> int | None:
 
 
 def _clean(text: str, api_key: str | None) -> str:
-    """Make an upstream message safe to show: no key, no masked key, one line, short.
+    """Make an upstream message safe to show: one line, short, and without any
+    word that has a run of stars (a masked key) or shares ``KEY_RUN_CHARS``
+    characters in a row with the API key, in any case.
 
     It takes linear time, however long the message: only its start is looked
     at, one word at a time. (A pattern such as ``\\S*\\*{3,}\\S*`` retries
     from every character of a long word: about a minute for 64 KB.)
     """
-    if api_key:
-        text = text.replace(api_key, _REDACTED)
     text = _WHITESPACE.sub(" ", text).strip()
     shortened = len(text) > _LOOKED_AT_CHARS
     if shortened:
         text = _whole_words(text[:_LOOKED_AT_CHARS])
-    text = _WORD.sub(_redact_masked, text)
+    key = api_key.casefold() if api_key else ""
+    run = min(KEY_RUN_CHARS, len(key))  # a shorter key must be there whole
+    key_runs = _runs(key, run) if key else frozenset()
+
+    def redact(word: re.Match[str]) -> str:
+        if _MASK in word[0] or (key and not key_runs.isdisjoint(_runs(word[0].casefold(), run))):
+            return _REDACTED
+        return word[0]
+
+    text = _WORD.sub(redact, text)
     if shortened or len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
     return text
+
+
+def _runs(text: str, length: int) -> frozenset[str]:
+    """Every ``length`` characters in a row in ``text``."""
+    return frozenset(text[i : i + length] for i in range(len(text) - length + 1))
 
 
 def _whole_words(start: str) -> str:
@@ -772,10 +795,6 @@ def _whole_words(start: str) -> str:
     (a secret cut in two must not pass for a harmless word). A start that is
     one word stays: only its first half can be shown."""
     return start.rsplit(" ", 1)[0]
-
-
-def _redact_masked(word: re.Match[str]) -> str:
-    return _REDACTED if _MASK in word[0] else word[0]
 
 
 def _os_reason(error: OSError) -> str:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
+import json
+import logging
 import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from providers.openai import OpenAISettings
 from tests.conftest import StartApp, post_prompt, read_stream
-from tests.fake_upstream import DONE, FakeUpstream, chunk, frame
+from tests.fake_upstream import DONE, FakeUpstream, chunk, error_body, frame
 from tests.sse_client import SSEEvent
 
 #: The longest anyone asking /healthz may wait while an attack runs.
@@ -169,3 +172,52 @@ async def test_a_long_error_message_does_not_stall_the_app(
     (error,) = texts(watched.events, "error")
     assert error.startswith("The model server reported an error: AAAA") and error.endswith("A…")
     assert watched.slowest_healthz < HEALTHZ_WITHIN, watched.slowest_healthz
+
+
+# --- D: the API key echoed in another form ---
+
+KEY = "sk-test-0123456789abcdef"
+KEY_ECHOED = f"{KEY.upper()}, {KEY[:12]}… and {KEY[:10]} {KEY[10:]}"
+
+
+def key_runs_in(text: str) -> list[str]:
+    """The runs of 8 characters of ``KEY`` in ``text``, in any case."""
+    key, seen = KEY.casefold(), text.casefold()
+    return [key[i : i + 8] for i in range(len(key) - 7) if key[i : i + 8] in seen]
+
+
+@pytest.mark.parametrize("where", ["http-error", "in-stream-error"])
+async def test_an_echoed_key_reaches_neither_page_nor_log(
+    start_app: StartApp, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    message = f"Invalid key {KEY_ECHOED} for this model."
+    if where == "http-error":
+        fake_upstream.reply(error_body(message), status=400, content_type="application/json")
+    else:
+        fake_upstream.reply([chunk(content="Hi"), frame({"error": {"message": message}})])
+    client = await start_openai(start_app, fake_upstream, {"log_prompts": True}, api_key=KEY)
+    page = await (await client.get("/")).text()
+    text, events, _ = await read_stream(client, await post_prompt(client))
+
+    (error,) = texts(events, "error")
+    assert error.endswith(
+        "Invalid key [redacted] [redacted] and [redacted] [redacted] for this model."
+    )
+    for seen in (page, text, caplog.text):
+        assert not key_runs_in(seen)
+
+
+async def test_a_model_named_like_the_key_is_not_shown(
+    start_app: StartApp, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    models = {"data": [{"id": KEY.upper()}, {"id": "small-model"}]}
+    fake_upstream.reply(json.dumps(models).encode(), content_type="application/json")
+    fake_upstream.reply([chunk(content="Hello."), chunk(finish_reason="stop"), DONE])
+    client = await start_openai(start_app, fake_upstream, model="", api_key=KEY)
+    text, events, _ = await read_stream(client, await post_prompt(client))
+
+    assert fake_upstream.requests[1].json["model"] == "small-model"
+    assert "".join(texts(events, "answer_chunk")) == "Hello."
+    assert not key_runs_in(text) and not key_runs_in(caplog.text)

@@ -731,6 +731,37 @@ async def test_long_upstream_messages_are_cut_and_keys_redacted(run: Run) -> Non
     assert "[redacted]" in result.failure
 
 
+KEY_ECHOES = {
+    "upper-case": API_KEY.upper(),
+    "lower-case": API_KEY.lower(),
+    "swapped-case": API_KEY.swapcase(),
+    "split-by-a-space": f"{API_KEY[:13]} {API_KEY[13:]}",
+    "split-by-a-line-break": f"{API_KEY[:9]}\n{API_KEY[9:]}",
+    "first-12": API_KEY[:12],
+    "last-8": API_KEY[-8:],
+    "inside-a-word": f'{{"key":"{API_KEY.upper()}"}}',
+}
+
+
+def assert_no_run_of_the_key(text: str) -> None:
+    """No 8 characters in a row of the key, in any case."""
+    key, seen = API_KEY.casefold(), text.casefold()
+    runs = {key[i : i + 8] for i in range(len(key) - 7)}
+    assert not [run for run in runs if run in seen], text
+
+
+@pytest.mark.parametrize("echo", KEY_ECHOES.values(), ids=KEY_ECHOES.keys())
+async def test_a_key_echoed_in_any_form_is_redacted(run: Run, echo: str) -> None:
+    message = f"Invalid key {echo} for model test-model."
+    for result in (
+        await run(_openai_shape(message), status=400, content_type="application/json"),
+        await run([chunk(content="Part"), frame({"error": {"message": message}})]),
+    ):
+        assert result.failure is not None and "[redacted]" in result.failure
+        assert "Invalid key" in result.failure and "for model test-model." in result.failure
+        assert_no_run_of_the_key(result.shown_text)
+
+
 async def test_a_masked_key_cut_where_a_long_message_is_cut_is_not_shown(run: Run) -> None:
     """Only a long message's start is looked at. A masked key cut there, with
     too few stars left to look masked, must not come into view when an
