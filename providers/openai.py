@@ -219,6 +219,7 @@ class OpenAIProvider:
     async def stream(self, prompt: str) -> AsyncGenerator[ProviderEvent, None]:
         """Yield the events for one prompt (see ``providers.events`` for the contract)."""
         try:
+            self._check_credentials()
             model = await self._resolve_model()
         except _CannotStart as failure:
             yield Failure(str(failure))
@@ -245,6 +246,15 @@ class OpenAIProvider:
             # Closed, not drained: dropping the connection of a half-read
             # response is how the model server learns to stop generating.
             response.close()
+
+    def _check_credentials(self) -> None:
+        """A user and password in the base URL go as Basic auth, the key as Bearer:
+        one request cannot carry both (aiohttp refuses to try)."""
+        if self._settings.api_key and _has_credentials(self._settings.base_url):
+            raise _CannotStart(
+                "The base URL has a user name and password, and OPENAI_API_KEY is set too: "
+                "the model server can be sent only one of them. Remove one."
+            )
 
     # --- the model ---
 
@@ -380,7 +390,7 @@ class OpenAIProvider:
             ) from None
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
             raise _CannotStart(
-                f"The model server URL is not a valid http(s) URL: {settings.base_url!r}."
+                f"The model server URL is not a valid http(s) URL: {_public(settings.base_url)}."
             ) from None
         except (aiohttp.ClientError, OSError) as error:
             raise _CannotStart(
@@ -388,6 +398,7 @@ class OpenAIProvider:
             ) from None
 
     def _where(self) -> str:
+        """Where the model server is, for messages: host and port, never a user or password."""
         url = URL(self.url)
         return f"{url.host}:{url.port}"
 
@@ -795,6 +806,23 @@ def _whole_words(start: str) -> str:
     (a secret cut in two must not pass for a harmless word). A start that is
     one word stays: only its first half can be shown."""
     return start.rsplit(" ", 1)[0]
+
+
+def _has_credentials(url: str) -> bool:
+    """Whether ``url`` carries a user name or password (``http://me:pw@host/v1``)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return False
+    return parsed.user is not None or parsed.password is not None
+
+
+def _public(url: str) -> str:
+    """``url`` fit to show: without user, password, query or fragment (which may carry a key)."""
+    try:
+        return repr(str(URL(url).with_user(None).with_query(None).with_fragment(None)))
+    except ValueError:
+        return "(not a URL)"
 
 
 def _os_reason(error: OSError) -> str:

@@ -8,6 +8,7 @@ the app must keep answering everyone else (``/healthz``) meanwhile.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import html
 import json
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from providers.openai import OpenAISettings
 from tests.conftest import StartApp, post_prompt, read_stream
@@ -221,3 +223,42 @@ async def test_a_model_named_like_the_key_is_not_shown(
     assert fake_upstream.requests[1].json["model"] == "small-model"
     assert "".join(texts(events, "answer_chunk")) == "Hello."
     assert not key_runs_in(text) and not key_runs_in(caplog.text)
+
+
+# --- E: a user and password in the base URL ---
+
+USER, PASSWORD = "me", "hunter2"
+
+
+async def test_credentials_in_the_base_url_go_upstream_and_nowhere_else(
+    start_app: StartApp, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_upstream.reply([chunk(content="Hello."), chunk(finish_reason="stop"), DONE])
+    fake_upstream.reply(b"Not here", status=404, content_type="text/plain")
+    base_url = str(URL(fake_upstream.base_url).with_user(USER).with_password(PASSWORD))
+    client = await start_openai(start_app, fake_upstream, base_url=base_url)
+    page = await (await client.get("/")).text()
+    answered, events, _ = await read_stream(client, await post_prompt(client))
+    refused, errors, _ = await read_stream(client, await post_prompt(client))
+
+    assert "".join(texts(events, "answer_chunk")) == "Hello."
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert fake_upstream.requests[0].headers["Authorization"] == basic
+    assert texts(errors, "error") == ["The model server answered 404 Not Found."]
+    for seen in (page, answered, refused, caplog.text):
+        assert PASSWORD not in seen and f"{USER}:" not in seen
+
+
+async def test_credentials_in_an_unreachable_base_url_reach_neither_page_nor_log(
+    start_app: StartApp, unused_tcp_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    base_url = f"http://{USER}:{PASSWORD}@127.0.0.1:{unused_tcp_port}/v1"
+    client = await start_app("openai", openai=OpenAISettings(base_url=base_url, model="m"))
+    text, events, _ = await read_stream(client, await post_prompt(client))
+
+    assert texts(events, "error") == [
+        f"Could not reach the model server at 127.0.0.1:{unused_tcp_port}: Connection refused."
+    ]
+    assert PASSWORD not in text and PASSWORD not in caplog.text

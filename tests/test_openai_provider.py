@@ -9,6 +9,7 @@ frames written whole, one byte per write, and cut at random places.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 import math
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from providers.events import Answer, Failure, Reasoning, Status, Usage
 from providers.openai import (
@@ -927,6 +929,97 @@ async def test_invalid_base_url(client_session: aiohttp.ClientSession) -> None:
     result = await collect(OpenAIProvider(client_session, settings))
     assert result.failure is not None
     assert "not a valid http(s) URL" in result.failure
+
+
+# --- a user and password in the base URL ---
+
+USER, PASSWORD = "me", "hunter2"
+
+
+def with_credentials(base_url: str) -> str:
+    return str(URL(base_url).with_user(USER).with_password(PASSWORD))
+
+
+@pytest.mark.parametrize("model", ["test-model", ""], ids=["model-set", "model-listed"])
+async def test_credentials_in_the_base_url_go_as_basic_auth(
+    fake_upstream: FakeUpstream, run: Run, model: str
+) -> None:
+    if not model:
+        fake_upstream.reply(b'{"data": [{"id": "test-model"}]}', content_type="application/json")
+    result = await run(
+        [chunk(content="ok", finish_reason="stop"), DONE],
+        settings={
+            "base_url": with_credentials(fake_upstream.base_url),
+            "api_key": None,
+            "model": model,
+        },
+    )
+    assert_success(result, "", "ok")
+    basic = f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}"
+    assert [request.headers["Authorization"] for request in fake_upstream.requests] == [basic] * (
+        1 if model else 2
+    )
+
+
+async def test_credentials_and_a_key_together_are_refused_readably(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """aiohttp refuses to send both; without this check every stream crashed."""
+    provider = make_provider(
+        fake_upstream, client_session, base_url=with_credentials(fake_upstream.base_url)
+    )
+    events = [event async for event in provider.stream("Hi")]
+    assert events == [
+        Failure(
+            "The base URL has a user name and password, and OPENAI_API_KEY is set too: "
+            "the model server can be sent only one of them. Remove one."
+        )
+    ]
+    assert not fake_upstream.requests
+
+
+JSON, TEXT = "application/json", "text/plain"
+CREDENTIALED_FAILURES = {
+    "not-http": ("ftp://me:hunter2@127.0.0.1/v1?key=sk-in-url", {}, "not a valid http(s) URL"),
+    "no-answer": (None, {"headers_delay": 10}, "did not answer within"),
+    "no-models": (None, {"body": b'{"data": []}', "content_type": JSON}, "lists none"),
+    "not-found": (None, {"body": b"Not here", "status": 404, "content_type": TEXT}, "404"),
+}
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reply", "says"), CREDENTIALED_FAILURES.values(), ids=CREDENTIALED_FAILURES.keys()
+)
+async def test_credentials_in_the_base_url_never_reach_a_message(
+    fake_upstream: FakeUpstream,
+    client_session: aiohttp.ClientSession,
+    base_url: str | None,
+    reply: dict[str, Any],
+    says: str,
+) -> None:
+    fake_upstream.reply(**reply)
+    provider = make_provider(
+        fake_upstream,
+        client_session,
+        base_url=base_url or with_credentials(fake_upstream.base_url),
+        api_key=None,
+        model="" if "lists none" in says else "test-model",
+        first_token_timeout=SHORT,
+    )
+    events = [event async for event in provider.stream("Hi")]
+    shown = StreamResult(events, 0).shown_text
+    assert says in shown
+    assert PASSWORD not in shown and f"{USER}:" not in shown and "sk-in-url" not in shown
+
+
+async def test_credentials_in_an_unreachable_base_url_never_reach_a_message(
+    client_session: aiohttp.ClientSession, refusing_port: int
+) -> None:
+    base_url = f"http://{USER}:{PASSWORD}@127.0.0.1:{refusing_port}/v1"
+    result = await collect(OpenAIProvider(client_session, OpenAISettings(base_url, model="m")))
+    assert result.failure == (
+        f"Could not reach the model server at 127.0.0.1:{refusing_port}: Connection refused."
+    )
 
 
 # --- time limits ---
