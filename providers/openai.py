@@ -28,6 +28,8 @@ How a stream is read:
   chunks with an empty ``choices`` list (Azure's first, the usage chunk) are
   fine, and so is an empty ``data:`` line. Data that is not a JSON object ends
   the stream with a failure: skipped, its text would vanish from the answer.
+- Text is valid Unicode: a lone surrogate the JSON spells (``"\\ud83d"``)
+  becomes U+FFFD, since a string holding one cannot be encoded as UTF-8.
 - The request asks for the identity encoding, and a compressed body is
   refused unread: a few hundred KB of gzip can inflate to gigabytes. Requests
   say ``auto_decompress=False``, and ``make_session()`` makes the app's
@@ -123,6 +125,9 @@ KEY_RUN_CHARS = 8
 _REDACTED = "[redacted]"
 _WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\S+")
+# Half of a UTF-16 surrogate pair: JSON can spell one alone ("\ud83d"), and a
+# string holding one cannot be encoded as UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: How much of an upstream message is looked at: more than can be shown, so
 #: that redacting a word never pulls an unexamined one into view.
 _LOOKED_AT_CHARS = 2 * MAX_MESSAGE_CHARS
@@ -656,7 +661,8 @@ class _Translator:
         if finish_reason == FINISH_REASON_ERROR:
             return events + self._fail_with(None)
         if isinstance(finish_reason, str):
-            self._finish_reason = finish_reason
+            # The page keeps it (data-finish): cleaned like any upstream text.
+            self._finish_reason = _clean(finish_reason, self._api_key)
         return events
 
     def _take_delta(self, delta: Any, now: float) -> list[ProviderEvent]:
@@ -667,11 +673,11 @@ class _Translator:
         if reasoning:
             self.has_text = True
             events += self._splitter.server_reasoning()
-            events.append(Reasoning(reasoning))
+            events.append(Reasoning(_valid_text(reasoning)))
         content = delta.get("content")
         if isinstance(content, str) and content:
             self.has_text = True
-            events += self._splitter.feed(content, now)
+            events += self._splitter.feed(_valid_text(content), now)
         return events
 
     def _fail_with(self, detail: str | None) -> list[ProviderEvent]:
@@ -777,7 +783,7 @@ def _clean(text: str, api_key: str | None) -> str:
     at, one word at a time. (A pattern such as ``\\S*\\*{3,}\\S*`` retries
     from every character of a long word: about a minute for 64 KB.)
     """
-    text = _WHITESPACE.sub(" ", text).strip()
+    text = _WHITESPACE.sub(" ", _valid_text(text)).strip()
     shortened = len(text) > _LOOKED_AT_CHARS
     if shortened:
         text = _whole_words(text[:_LOOKED_AT_CHARS])
@@ -806,6 +812,12 @@ def _whole_words(start: str) -> str:
     (a secret cut in two must not pass for a harmless word). A start that is
     one word stays: only its first half can be shown."""
     return start.rsplit(" ", 1)[0]
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so that it can be
+    encoded as UTF-8. (``json.loads`` joins a pair written in one string.)"""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _has_credentials(url: str) -> bool:

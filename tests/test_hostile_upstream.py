@@ -262,3 +262,25 @@ async def test_credentials_in_an_unreachable_base_url_reach_neither_page_nor_log
         f"Could not reach the model server at 127.0.0.1:{unused_tcp_port}: Connection refused."
     ]
     assert PASSWORD not in text and PASSWORD not in caplog.text
+
+
+# --- a lone surrogate from the model ---
+
+
+async def test_a_lone_surrogate_does_not_crash_the_stream(
+    start_app: StartApp, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON can spell half a surrogate pair ("\\ud83d"): it must reach the page as U+FFFD."""
+    fake_upstream.reply(
+        [
+            b'data: {"choices": [{"delta": {"reasoning_content": "Hm \\ud83d"}}]}\n\n',
+            b'data: {"choices": [{"delta": {"content": "A \\udc00 B"}}]}\n\n',
+            b'data: {"error": {"message": "Bad \\ud83d thing"}}\n\n',
+        ]
+    )
+    client = await start_openai(start_app, fake_upstream, reasoning_hold=0)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    assert "".join(texts(events, "answer_chunk")) == "A \ufffd B"
+    assert texts(events, "error") == ["The model server reported an error: Bad \ufffd thing"]
+    assert "the provider failed" not in caplog.text

@@ -499,6 +499,29 @@ async def test_an_empty_data_line_is_ignored(run: Run, split: str) -> None:
     assert_success(result, "", "AB", reason=None)
 
 
+async def test_a_lone_surrogate_becomes_a_replacement_character(run: Run, split: str) -> None:
+    """JSON can spell half a surrogate pair; a string holding one cannot be encoded as UTF-8."""
+    result = await run(
+        [
+            b'data: {"choices": [{"delta": {"reasoning_content": "Hm \\ud83d"}}]}\n\n',
+            b'data: {"choices": [{"delta": {"content": "A \\udc00 B"}}]}\n\n',
+            b'data: {"choices": [{"delta": {}, "finish_reason": "stop\\ud800"}]}\n\n',
+            b'data: {"error": {"message": "Bad \\ud83d thing"}}\n\n',
+        ],
+        split=split,
+    )
+    assert result.reasoning == "Hm \ufffd"
+    assert_failure(result, "A \ufffd B", "Bad \ufffd thing")
+    result.shown_text.encode()  # no lone surrogate anywhere
+
+
+async def test_a_finish_reason_is_cleaned_like_upstream_text(run: Run) -> None:
+    echo = f"stop {API_KEY.upper()} " + "x" * 400
+    result = await run([chunk(content="Hi", finish_reason=echo), DONE])
+    assert result.finished is not None
+    assert result.finished.startswith("stop [redacted] xxx") and len(result.finished) == 300
+
+
 async def test_no_done_after_finish_is_success(run: Run, split: str) -> None:
     result = await run([chunk(content="Complete."), chunk(finish_reason="stop")], split=split)
     assert_success(result, "", "Complete.")
