@@ -92,7 +92,13 @@ from providers.events import (
     Usage,
 )
 from providers.think_tags import ThinkTagSplitter
-from providers.upstream_sse import ERROR_EVENT, LineTooLong, SSEEvent, SSEParser
+from providers.upstream_sse import (
+    ERROR_EVENT,
+    EventTooLong,
+    LineTooLong,
+    SSEEvent,
+    SSEParser,
+)
 from settings import MODEL_SERVER, http_url, not_negative, positive, setting, text_or_none
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -595,9 +601,10 @@ class _Translator:
         """Take the bytes of one read."""
         try:
             sse_events = self._parser.feed(data)
-        except LineTooLong:
+        except (LineTooLong, EventTooLong) as error:
+            what = "a line" if isinstance(error, LineTooLong) else "an event"
             return self._fail(
-                f"The model server sent a line longer than "
+                f"The model server sent {what} longer than "
                 f"{self._parser.max_line_bytes // (1024 * 1024)} MiB."
             )
         events: list[ProviderEvent] = []

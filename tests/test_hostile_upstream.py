@@ -284,3 +284,22 @@ async def test_a_lone_surrogate_does_not_crash_the_stream(
     assert "".join(texts(events, "answer_chunk")) == "A \ufffd B"
     assert texts(events, "error") == ["The model server reported an error: Bad \ufffd thing"]
     assert "the provider failed" not in caplog.text
+
+
+# --- an event that never ends ---
+
+
+async def test_an_event_that_never_ends_is_cut_off(
+    start_app: StartApp, fake_upstream: FakeUpstream
+) -> None:
+    """Data lines without the blank line that ends an event: held in memory, they
+    would pile up for as long as the server sends them."""
+    line = b"data: " + b"x" * 1018 + b"\n"  # 1 KB
+    fake_upstream.reply([chunk(content="So far"), *[line * 64] * 160])  # 10 MB
+    client = await start_openai(start_app, fake_upstream, reasoning_hold=0)
+    watched = await read_watched(client, await post_prompt(client))
+
+    assert "".join(texts(watched.events, "answer_chunk")) == "So far"
+    assert texts(watched.events, "error") == ["The model server sent an event longer than 4 MiB."]
+    assert fake_upstream.requests and await fake_upstream.wait_disconnected(within=1)
+    assert watched.slowest_healthz < HEALTHZ_WITHIN, watched.slowest_healthz

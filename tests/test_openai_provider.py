@@ -566,6 +566,12 @@ async def test_a_line_over_the_cap_is_a_failure(run: Run) -> None:
     assert_failure(result, "", "longer than 4 MiB")
 
 
+async def test_an_event_over_the_cap_is_a_failure(run: Run) -> None:
+    line = b"data: " + b"x" * 1018 + b"\n"  # 1 KB, and never a blank line
+    result = await run([chunk(content="So far"), *[line * 64] * 80])  # 5 MB
+    assert_failure(result, "So far", "The model server sent an event longer than 4 MiB.")
+
+
 # --- inline <think> tags ---
 
 
