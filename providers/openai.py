@@ -110,6 +110,8 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concise
 MAX_ERROR_BODY_BYTES = 64 * 1024
 #: Upstream messages are cut to this length before they are shown.
 MAX_MESSAGE_CHARS = 300
+#: The longest retry hint (``Retry-After``) passed on to the person: a day.
+MAX_RETRY_HINT_S = 24 * 3600
 
 SSE_CONTENT_TYPE = "text/event-stream"
 DONE_MARKER = "[DONE]"
@@ -459,7 +461,7 @@ class OpenAIProvider:
         message = f"The model server answered {status}"
         message += f": {_sentence(self._clean(detail))}" if detail else "."
         wait = _retry_after_seconds(response.headers)
-        if wait is not None:
+        if wait is not None and wait <= MAX_RETRY_HINT_S:  # a longer one is not believed
             message += f" Try again in {max(1, math.ceil(wait))} s."
         if response.status == HTTPStatus.NOT_FOUND and not detail:
             message += self._base_url_hint()  # a bare 404: most likely the path
@@ -854,21 +856,26 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
+def _finite_number(text: str | None) -> float | None:
+    """The number in ``text``, or None: "inf" and "nan" are floats, but no wait."""
+    try:
+        number = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """The server's retry hint: ``retry-after-ms``, else ``Retry-After`` (seconds or a date)."""
-    milliseconds = headers.get("retry-after-ms")
+    milliseconds = _finite_number(headers.get("retry-after-ms"))
     if milliseconds is not None:
-        try:
-            return float(milliseconds) / 1000
-        except ValueError:
-            pass
+        return milliseconds / 1000
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
+    seconds = _finite_number(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

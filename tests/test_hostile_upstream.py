@@ -303,3 +303,21 @@ async def test_an_event_that_never_ends_is_cut_off(
     assert texts(watched.events, "error") == ["The model server sent an event longer than 4 MiB."]
     assert fake_upstream.requests and await fake_upstream.wait_disconnected(within=1)
     assert watched.slowest_healthz < HEALTHZ_WITHIN, watched.slowest_healthz
+
+
+# --- a retry hint that is no number ---
+
+
+async def test_an_infinite_retry_hint_does_not_crash_the_stream(
+    start_app: StartApp, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """float("inf") parses; rounding it up for the message raised OverflowError."""
+    fake_upstream.reply(
+        error_body("Slow down."), status=429, headers={"Retry-After": "inf"},
+        content_type="application/json",
+    )  # fmt: skip
+    client = await start_openai(start_app, fake_upstream)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    assert texts(events, "error") == ["The model server answered 429 Too Many Requests: Slow down."]
+    assert "the provider failed" not in caplog.text

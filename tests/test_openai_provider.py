@@ -753,6 +753,21 @@ async def test_retry_after_becomes_a_hint(run: Run, headers: dict[str, str], hin
     assert result.failure.endswith(hint)
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Retry-After", "inf"), ("Retry-After", "-inf"), ("Retry-After", "nan"),
+     ("Retry-After", "1e999"), ("Retry-After", "86401"),
+     ("retry-after-ms", "inf"), ("retry-after-ms", "86401000")],
+)  # fmt: skip
+async def test_a_retry_hint_that_is_no_wait_is_left_out(run: Run, header: str, value: str) -> None:
+    """Infinite, not a number, or more than a day: no hint (and no crash)."""
+    result = await run(
+        _openai_shape("Slow down."), status=429, headers={header: value},
+        content_type="application/json",
+    )  # fmt: skip
+    assert result.failure == "The model server answered 429 Too Many Requests: Slow down."
+
+
 async def test_long_upstream_messages_are_cut_and_keys_redacted(run: Run) -> None:
     message = f"Bad input from key {API_KEY} (also known as {MASKED_KEY}): " + "detail " * 100
     result = await run(_openai_shape(message), status=400, content_type="application/json")
