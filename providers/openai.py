@@ -323,12 +323,12 @@ class OpenAIProvider:
                         f"No model is set, and asking for one failed. {problem} "
                         "(Or name one with --model or OPENAI_MODEL.)"
                     )
-                listing = json.loads(await self._read_capped(response))
+                listing = _json_object(await self._read_capped(response))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError):
             return None
-        except (aiohttp.ClientError, ValueError):
+        except aiohttp.ClientError:
             return []
-        entries = listing.get("data") if isinstance(listing, dict) else None
+        entries = listing.get("data") if listing is not None else None
         if not isinstance(entries, list):
             return []
         ids = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
@@ -709,7 +709,7 @@ def _json_object(text: str | bytes) -> dict[str, Any] | None:
     """The JSON object in ``text``, or None for anything else (HTML, plain text, a list…)."""
     try:
         value = json.loads(text)
-    except ValueError:  # also UnicodeDecodeError
+    except (ValueError, RecursionError):  # also UnicodeDecodeError; JSON nested thousands deep
         return None
     return value if isinstance(value, dict) else None
 

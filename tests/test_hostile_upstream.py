@@ -321,3 +321,46 @@ async def test_an_infinite_retry_hint_does_not_crash_the_stream(
 
     assert texts(events, "error") == ["The model server answered 429 Too Many Requests: Slow down."]
     assert "the provider failed" not in caplog.text
+
+
+# --- JSON nested too deep to parse ---
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+DEEP_REPLIES = {
+    "list-of-models": (
+        {"body": b'{"data": ' + DEEP + b"}", "content_type": "application/json"},
+        "",
+        "lists none: start the app with --model NAME or OPENAI_MODEL=NAME.",
+    ),
+    "error-body": (
+        {"body": DEEP, "status": 400, "content_type": "application/json"},
+        "m",
+        "The model server answered 400 Bad Request.",
+    ),
+    "chunk": (
+        {"body": [chunk(content="So far"), b"data: " + DEEP + b"\n\n"]},
+        "m",
+        "The model server sent a chunk that is not a JSON object: [[[[",
+    ),
+}
+
+
+@pytest.mark.parametrize(("reply", "model", "says"), DEEP_REPLIES.values(), ids=DEEP_REPLIES.keys())
+async def test_json_nested_too_deep_does_not_crash_the_stream(
+    start_app: StartApp,
+    fake_upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    reply: dict[str, Any],
+    model: str,
+    says: str,
+) -> None:
+    """json.loads raises RecursionError, not ValueError, on it."""
+    fake_upstream.reply(**reply)
+    client = await start_openai(start_app, fake_upstream, model=model)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+
+    (error,) = texts(events, "error")
+    assert says in error
+    assert "the provider failed" not in caplog.text
