@@ -36,6 +36,7 @@ FRAMES_PER_WRITE = 400
 #: How long a flood of 40,000 small chunks may take in all (about 1 s in
 #: linear time; 10-20 s when each chunk re-reads what came before).
 FLOOD_WITHIN = 5.0
+UNCAPPED = 10_000_000  # --max-answer-chars out of the way of a flood that must go through
 
 
 async def start_openai(
@@ -97,7 +98,7 @@ async def test_a_flood_of_white_space_does_not_stall_the_app(
     """40,000 pieces of white space cost linear time: everyone else is still served."""
     spaces = flood(chunk(content=" " * 8), 40_000)
     fake_upstream.reply([*spaces, chunk(content="Done."), chunk(finish_reason="stop"), DONE])
-    client = await start_openai(start_app, fake_upstream)
+    client = await start_openai(start_app, fake_upstream, {"max_answer_chars": UNCAPPED})
     watched = await read_watched(client, await post_prompt(client))
 
     assert "".join(texts(watched.events, "answer_chunk")).endswith("Done.")
@@ -112,7 +113,9 @@ async def test_a_flood_of_held_text_does_not_stall_the_app(
     are searched for the tag once each, not again with every new piece."""
     words = flood(chunk(content="Held on. "), 40_000)
     fake_upstream.reply([*words, chunk(finish_reason="stop"), DONE])
-    client = await start_openai(start_app, fake_upstream, reasoning_hold=math.inf)
+    client = await start_openai(
+        start_app, fake_upstream, {"max_answer_chars": UNCAPPED}, reasoning_hold=math.inf
+    )
     watched = await read_watched(client, await post_prompt(client))
 
     assert "".join(texts(watched.events, "answer_chunk")) == "Held on. " * 40_000

@@ -73,7 +73,7 @@ async def test_a_300_kb_word_is_shown_in_seconds_wrapped_and_exact(bare_tab, ser
         Pause(THOUGHT_PAUSE_S),
         *(Answer(WORD[start : start + PIECE]) for start in range(0, len(WORD), PIECE)),
     ]
-    served = await serve_app(ScriptedProvider(script), answer_window=0)
+    served = await serve_app(ScriptedProvider(script), answer_window=0, max_answer_chars=1_000_000)
     await tab.page.set_viewport_size(PHONE)
     await tab.open(served.url)
 
