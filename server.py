@@ -64,7 +64,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import aiohttp
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
@@ -102,7 +101,7 @@ from providers.openai import (
     DEFAULT_SYSTEM_PROMPT,
     OpenAIProvider,
     OpenAISettings,
-    make_connector,
+    make_session,
 )
 from settings import (
     ACCESS,
@@ -1111,7 +1110,7 @@ async def provider_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     # One client session for the app's life, closed with it.
-    async with aiohttp.ClientSession(connector=make_connector()) as session:
+    async with make_session() as session:
         app[PROVIDER] = OpenAIProvider(session, config.openai)
         yield
 

@@ -26,11 +26,21 @@ How a stream is read:
   with neither a ``finish_reason`` nor ``[DONE]`` was interrupted.
 - Unknown keys (``obfuscation``, ``x_groq``, ``timings``, ``provider``…) and
   chunks with an empty ``choices`` list (Azure's first, the usage chunk) are
-  fine.
+  fine, and so is an empty ``data:`` line. Data that is not a JSON object ends
+  the stream with a failure: skipped, its text would vanish from the answer.
+- Text is valid Unicode: a lone surrogate the JSON spells (``"\\ud83d"``)
+  becomes U+FFFD, since a string holding one cannot be encoded as UTF-8.
+- The request asks for the identity encoding, and a compressed body is
+  refused unread: a few hundred KB of gzip can inflate to gigabytes. Requests
+  say ``auto_decompress=False``, and ``make_session()`` makes the app's
+  session that way too.
 
 Failures end the stream with one short ``Failure`` that is safe to show: no
-HTML, no API key (a 401's message may echo a masked key, so it is never shown),
-upstream messages cut to ``MAX_MESSAGE_CHARS``. Errors inside a 200 stream come
+HTML, no API key (a 401's message may echo a masked key, so it is never shown;
+in other messages any word with a run of stars, or sharing ``KEY_RUN_CHARS``
+characters in a row with the key in any case, is redacted), upstream messages
+cut to ``MAX_MESSAGE_CHARS``. A listed model whose name would need such
+cleaning is left out of the list. Errors inside a 200 stream come
 in many shapes, all handled: ``{"error": …}`` chunks (also when ``[DONE]``
 follows them, as vLLM does, and alongside non-empty ``choices``, as OpenRouter
 does), ``event: error``, llama.cpp's old ``error:`` line and
@@ -70,6 +80,7 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+from aiohttp import hdrs
 from yarl import URL
 
 from providers.events import (
@@ -82,7 +93,13 @@ from providers.events import (
     Usage,
 )
 from providers.think_tags import ThinkTagSplitter
-from providers.upstream_sse import ERROR_EVENT, LineTooLong, SSEEvent, SSEParser
+from providers.upstream_sse import (
+    ERROR_EVENT,
+    EventTooLong,
+    LineTooLong,
+    SSEEvent,
+    SSEParser,
+)
 from settings import MODEL_SERVER, http_url, not_negative, positive, setting, text_or_none
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -95,6 +112,8 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concise
 MAX_ERROR_BODY_BYTES = 64 * 1024
 #: Upstream messages are cut to this length before they are shown.
 MAX_MESSAGE_CHARS = 300
+#: The longest retry hint (``Retry-After``) passed on to the person: a day.
+MAX_RETRY_HINT_S = 24 * 3600
 
 SSE_CONTENT_TYPE = "text/event-stream"
 DONE_MARKER = "[DONE]"
@@ -106,11 +125,22 @@ WAITING_STATUS = "Waiting for the first token…"
 INTERRUPTED = "The model server closed the stream before the answer was complete."
 BROKEN = "The connection to the model server broke before the answer was complete."
 STREAM_ERROR = "The model server reported an error"
+NOT_A_CHUNK = "The model server sent a chunk that is not a JSON object"
 
 # A masked key as servers echo it ("sk-ab12**********wxyz"): any word with a run of stars.
-_MASKED_SECRET = re.compile(r"\S*\*{3,}\S*")
+_MASK = "***"
+#: A word that shares this many characters in a row with the API key, in any
+#: case, is redacted: the key echoed upper-cased, cut short or split in two.
+KEY_RUN_CHARS = 8
 _REDACTED = "[redacted]"
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
+# Half of a UTF-16 surrogate pair: JSON can spell one alone ("\ud83d"), and a
+# string holding one cannot be encoded as UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: How much of an upstream message is looked at: more than can be shown, so
+#: that redacting a word never pulls an unexamined one into view.
+_LOOKED_AT_CHARS = 2 * MAX_MESSAGE_CHARS
 
 
 @dataclass(frozen=True)
@@ -170,6 +200,17 @@ class OpenAISettings:
     )  # fmt: skip
 
 
+def make_session() -> aiohttp.ClientSession:
+    """The app's shared ``ClientSession`` for the model server, made inside the running loop.
+
+    It never decompresses: requests ask for the identity encoding, and a
+    compressed answer is refused unread (a few hundred KB of gzip can inflate
+    to gigabytes). The provider also says so on each request, in case its
+    session was made another way.
+    """
+    return aiohttp.ClientSession(connector=make_connector(), auto_decompress=False)
+
+
 def make_connector() -> aiohttp.TCPConnector:
     """A connector for the app's shared ``ClientSession``, made inside the running loop.
 
@@ -198,6 +239,7 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ProviderEvent, None]:
         """Yield the events for one request (see ``providers.events`` for the contract)."""
         try:
+            self._check_credentials()
             model = request.model or await self._resolve_model()
         except _CannotStart as failure:
             yield Failure(str(failure))
@@ -224,6 +266,15 @@ class OpenAIProvider:
             # Closed, not drained: dropping the connection of a half-read
             # response is how the model server learns to stop generating.
             response.close()
+
+    def _check_credentials(self) -> None:
+        """A user and password in the base URL go as Basic auth, the key as Bearer:
+        one request cannot carry both (aiohttp refuses to try)."""
+        if self._settings.api_key and _has_credentials(self._settings.base_url):
+            raise _CannotStart(
+                "The base URL has a user name and password, and OPENAI_API_KEY is set too: "
+                "the model server can be sent only one of them. Remove one."
+            )
 
     # --- the model ---
 
@@ -297,23 +348,34 @@ class OpenAIProvider:
         try:
             async with (
                 asyncio.timeout(MODELS_TIMEOUT_S),
-                self._session.get(self.models_url, headers=headers) as response,
+                self._session.get(
+                    self.models_url, headers=headers, auto_decompress=False
+                ) as response,
             ):
+                compressed = self._compressed(response, "list of models")
+                if compressed is not None:
+                    raise _CannotStart(
+                        f"No model is set, and asking for one failed. {compressed} "
+                        "(Or name one with --model or OPENAI_MODEL.)"
+                    )
                 if response.status != HTTPStatus.OK:
                     problem = await self._http_error(response)
                     raise _CannotStart(
                         f"No model is set, and asking for one failed. {problem} "
                         "(Or name one with --model or OPENAI_MODEL.)"
                     )
-                listing = json.loads(await self._read_capped(response))
+                listing = _json_object(await self._read_capped(response))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError):
             return None
-        except (aiohttp.ClientError, ValueError):
+        except aiohttp.ClientError:
             return []
-        entries = listing.get("data") if isinstance(listing, dict) else None
+        entries = listing.get("data") if listing is not None else None
         if not isinstance(entries, list):
             return []
-        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        ids = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        # A name is shown on the page as it is: one that would need cleaning
+        # (an echo of the key, a masked key, a page of text) is not a model.
+        return [name for name in ids if name and self._clean(name) == name]
 
     # --- the request ---
 
@@ -339,7 +401,8 @@ class OpenAIProvider:
         headers = {
             "Accept": SSE_CONTENT_TYPE,
             # A compressing proxy may buffer the stream until it has a block to
-            # compress; the identity encoding keeps tokens flowing.
+            # compress; the identity encoding keeps tokens flowing. (And a
+            # compressed answer is refused: see `_compressed`.)
             "Accept-Encoding": "identity",
             # One connection per stream, never reused (see the module docstring).
             "Connection": "close",
@@ -361,6 +424,7 @@ class OpenAIProvider:
                     json=body,
                     headers=self._request_headers(),
                     timeout=connect,
+                    auto_decompress=False,  # see `_compressed`
                 )
         except aiohttp.ConnectionTimeoutError:
             raise _CannotStart(
@@ -379,7 +443,7 @@ class OpenAIProvider:
             ) from None
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError):
             raise _CannotStart(
-                f"The model server URL is not a valid http(s) URL: {settings.base_url!r}."
+                f"The model server URL is not a valid http(s) URL: {_public(settings.base_url)}."
             ) from None
         except (aiohttp.ClientError, OSError) as error:
             raise _CannotStart(
@@ -387,6 +451,7 @@ class OpenAIProvider:
             ) from None
 
     def _where(self) -> str:
+        """Where the model server is, for messages: host and port, never a user or password."""
         url = URL(self.url)
         return f"{url.host}:{url.port}"
 
@@ -394,11 +459,35 @@ class OpenAIProvider:
 
     async def _problem_with(self, response: aiohttp.ClientResponse) -> str | None:
         """A message if the response is not the event stream we asked for."""
+        compressed = self._compressed(response, "stream")
+        if compressed is not None:
+            return compressed
         if response.status != 200:
             return await self._http_error(response)
         if response.content_type != SSE_CONTENT_TYPE:
             return await self._not_a_stream(response)
         return None
+
+    def _compressed(self, response: aiohttp.ClientResponse, what: str) -> str | None:
+        """A message if the body (``what`` it should be) is compressed, which this app never reads.
+
+        We ask for ``Accept-Encoding: identity``; a server or proxy that
+        compresses anyway could send a few hundred KB that inflate to
+        gigabytes, so the body is refused unread.
+        """
+        encoding = response.headers.get(hdrs.CONTENT_ENCODING, "").strip()
+        if encoding.lower() in ("", "identity"):
+            return None
+        compressed = f"compressed ({self._clean(encoding)})"
+        if response.status != HTTPStatus.OK:
+            status = f"{response.status} {response.reason or ''}".rstrip()
+            return (
+                f"The model server answered {status}, {compressed}, which this app does not accept."
+            )
+        return (
+            f"The model server sent a {compressed} {what}, which this app does not accept: "
+            "it asks for an uncompressed one. Is a proxy in between compressing it?"
+        )
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> str:
         status = f"{response.status} {response.reason or ''}".rstrip()
@@ -412,7 +501,7 @@ class OpenAIProvider:
         message = f"The model server answered {status}"
         message += f": {_sentence(self._clean(detail))}" if detail else "."
         wait = _retry_after_seconds(response.headers)
-        if wait is not None:
+        if wait is not None and wait <= MAX_RETRY_HINT_S:  # a longer one is not believed
             message += f" Try again in {max(1, math.ceil(wait))} s."
         if response.status == HTTPStatus.NOT_FOUND and not detail:
             message += self._base_url_hint()  # a bare 404: most likely the path
@@ -554,9 +643,10 @@ class _Translator:
         """Take the bytes of one read."""
         try:
             sse_events = self._parser.feed(data)
-        except LineTooLong:
+        except (LineTooLong, EventTooLong) as error:
+            what = "a line" if isinstance(error, LineTooLong) else "an event"
             return self._fail(
-                f"The model server sent a line longer than "
+                f"The model server sent {what} longer than "
                 f"{self._parser.max_line_bytes // (1024 * 1024)} MiB."
             )
         events: list[ProviderEvent] = []
@@ -603,9 +693,12 @@ class _Translator:
         if sse_event.data.startswith(DONE_MARKER):
             self._done = True
             return self._close(None)
+        if not sse_event.data.strip():
+            return []  # an empty `data:` line says nothing
         chunk = _json_object(sse_event.data)
         if chunk is None:
-            return []  # not a JSON object: skipped, like an unknown field
+            # Skipping it would drop its text from the answer without a word.
+            return self._fail(f"{NOT_A_CHUNK}: {_clean(sse_event.data, self._api_key)}")
         if chunk.get("error") or chunk.get("object") == "error":
             return self._fail_with(_error_detail(chunk))
         self._usage = _usage(chunk) or self._usage
@@ -617,7 +710,8 @@ class _Translator:
         if finish_reason == FINISH_REASON_ERROR:
             return events + self._fail_with(None)
         if isinstance(finish_reason, str):
-            self._finish_reason = finish_reason
+            # The page keeps it (data-finish): cleaned like any upstream text.
+            self._finish_reason = _clean(finish_reason, self._api_key)
         return events
 
     def _take_delta(self, delta: Any, now: float) -> list[ProviderEvent]:
@@ -628,11 +722,11 @@ class _Translator:
         if reasoning:
             self.has_text = True
             events += self._splitter.server_reasoning()
-            events.append(Reasoning(reasoning))
+            events.append(Reasoning(_valid_text(reasoning)))
         content = delta.get("content")
         if isinstance(content, str) and content:
             self.has_text = True
-            events += self._splitter.feed(content, now)
+            events += self._splitter.feed(_valid_text(content), now)
         return events
 
     def _fail_with(self, detail: str | None) -> list[ProviderEvent]:
@@ -660,7 +754,7 @@ def _json_object(text: str | bytes) -> dict[str, Any] | None:
     """The JSON object in ``text``, or None for anything else (HTML, plain text, a list…)."""
     try:
         value = json.loads(text)
-    except ValueError:  # also UnicodeDecodeError
+    except (ValueError, RecursionError):  # also UnicodeDecodeError; JSON nested thousands deep
         return None
     return value if isinstance(value, dict) else None
 
@@ -735,14 +829,66 @@ def _count(value: Any) -> int | None:
 
 
 def _clean(text: str, api_key: str | None) -> str:
-    """Make an upstream message safe to show: no key, no masked key, one line, short."""
-    if api_key:
-        text = text.replace(api_key, _REDACTED)
-    text = _MASKED_SECRET.sub(_REDACTED, text)
-    text = _WHITESPACE.sub(" ", text).strip()
-    if len(text) > MAX_MESSAGE_CHARS:
+    """Make an upstream message safe to show: one line, short, and without any
+    word that has a run of stars (a masked key) or shares ``KEY_RUN_CHARS``
+    characters in a row with the API key, in any case.
+
+    It takes linear time, however long the message: only its start is looked
+    at, one word at a time. (A pattern such as ``\\S*\\*{3,}\\S*`` retries
+    from every character of a long word: about a minute for 64 KB.)
+    """
+    text = _WHITESPACE.sub(" ", _valid_text(text)).strip()
+    shortened = len(text) > _LOOKED_AT_CHARS
+    if shortened:
+        text = _whole_words(text[:_LOOKED_AT_CHARS])
+    key = api_key.casefold() if api_key else ""
+    run = min(KEY_RUN_CHARS, len(key))  # a shorter key must be there whole
+    key_runs = _runs(key, run) if key else frozenset()
+
+    def redact(word: re.Match[str]) -> str:
+        if _MASK in word[0] or (key and not key_runs.isdisjoint(_runs(word[0].casefold(), run))):
+            return _REDACTED
+        return word[0]
+
+    text = _WORD.sub(redact, text)
+    if shortened or len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
     return text
+
+
+def _runs(text: str, length: int) -> frozenset[str]:
+    """Every ``length`` characters in a row in ``text``."""
+    return frozenset(text[i : i + length] for i in range(len(text) - length + 1))
+
+
+def _whole_words(start: str) -> str:
+    """The start of a message without its last word, which may have been cut
+    (a secret cut in two must not pass for a harmless word). A start that is
+    one word stays: only its first half can be shown."""
+    return start.rsplit(" ", 1)[0]
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so that it can be
+    encoded as UTF-8. (``json.loads`` joins a pair written in one string.)"""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _has_credentials(url: str) -> bool:
+    """Whether ``url`` carries a user name or password (``http://me:pw@host/v1``)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return False
+    return parsed.user is not None or parsed.password is not None
+
+
+def _public(url: str) -> str:
+    """``url`` fit to show: without user, password, query or fragment (which may carry a key)."""
+    try:
+        return repr(str(URL(url).with_user(None).with_query(None).with_fragment(None)))
+    except ValueError:
+        return "(not a URL)"
 
 
 def _os_reason(error: OSError) -> str:
@@ -755,21 +901,26 @@ def _os_reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
+def _finite_number(text: str | None) -> float | None:
+    """The number in ``text``, or None: "inf" and "nan" are floats, but no wait."""
+    try:
+        number = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """The server's retry hint: ``retry-after-ms``, else ``Retry-After`` (seconds or a date)."""
-    milliseconds = headers.get("retry-after-ms")
+    milliseconds = _finite_number(headers.get("retry-after-ms"))
     if milliseconds is not None:
-        try:
-            return float(milliseconds) / 1000
-        except ValueError:
-            pass
+        return milliseconds / 1000
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
+    seconds = _finite_number(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -35,6 +35,8 @@ not known yet is held back until it is:
 
 The splitter is pure: the caller passes the time (``now``, in seconds on any
 monotonic clock) and asks it to ``poll()`` when ``hold_deadline`` passes.
+Each character is searched for a tag once, however many pieces it came in,
+so the time it takes grows with the length of the content, not its square.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class ThinkTagSplitter:
         self._hold = hold
         self._mode = _Mode.UNDECIDED
         self._buffer = ""
+        # Kept-back text already looked at, in pieces: the white space before
+        # the first word while undecided, the held text while holding. Moved
+        # here from the buffer, it is searched once and joined once, so that
+        # a long run of small pieces costs linear time, not quadratic.
+        self._set_aside: list[str] = []
         self._first_content_at: float | None = None  # the hold counts from here
         self._held_since: float | None = None  # when the held text came
         self._after_reasoning = False
@@ -109,12 +116,12 @@ class ThinkTagSplitter:
     def finish(self) -> list[Piece]:
         """The content is over: give out whatever was kept back."""
         if self._mode is _Mode.THINKING:
-            return self._reasoning(self._take(len(self._buffer)))
-        return self._answer(self._take(len(self._buffer)))
+            return self._reasoning(self._take_all())
+        return self._answer(self._take_all())
 
     def _advance(self, now: float) -> list[Piece]:
         pieces: list[Piece] = []
-        while self._buffer:
+        while self._buffer or self._set_aside:
             if self._mode is _Mode.UNDECIDED:
                 if not self._decide():
                     break
@@ -127,10 +134,14 @@ class ThinkTagSplitter:
                 if not self._split_at_close_tag(pieces):
                     deadline = self.hold_deadline
                     if deadline is not None and now < deadline:
+                        # Searched: only a tag's possible start stays in the buffer.
+                        self._put_aside(
+                            len(self._buffer) - _partial_tag_length(self._buffer, CLOSE_TAG)
+                        )
                         break
                     self._mode = _Mode.ANSWERING
             else:
-                pieces += self._answer(self._take(len(self._buffer)))
+                pieces += self._answer(self._take_all())
         return pieces
 
     def _take(self, length: int) -> str:
@@ -138,10 +149,25 @@ class ThinkTagSplitter:
         text, self._buffer = self._buffer[:length], self._buffer[length:]
         return text
 
+    def _put_aside(self, length: int) -> None:
+        """Move the first ``length`` characters of the buffer, already searched, aside."""
+        if length:
+            self._set_aside.append(self._take(length))
+
+    def _take_all(self) -> str:
+        """Remove and return all the kept-back text: what was put aside, then the buffer."""
+        text = "".join(self._set_aside) + self._take(len(self._buffer))
+        self._set_aside.clear()
+        return text
+
     def _decide(self) -> bool:
         """Settle the mode from the start of the content; False while it cannot be told."""
         start = self._buffer.lstrip()
+        # White space is put aside as it comes (dropped if <think> follows, part
+        # of the text otherwise), so that it is never scanned twice.
+        self._put_aside(len(self._buffer) - len(start))
         if start.startswith(OPEN_TAG):
+            self._set_aside.clear()
             self._buffer = start.removeprefix(OPEN_TAG)
             self._mode = _Mode.THINKING
         elif OPEN_TAG.startswith(start):
@@ -155,10 +181,11 @@ class ThinkTagSplitter:
 
     def _split_at_close_tag(self, pieces: list[Piece]) -> bool:
         """If ``</think>`` has arrived, give out the reasoning before it and switch to answer."""
-        reasoning, found, rest = self._buffer.partition(CLOSE_TAG)
+        before, found, rest = self._buffer.partition(CLOSE_TAG)
         if not found:
             return False
-        pieces += self._reasoning(reasoning)
+        self._buffer = before
+        pieces += self._reasoning(self._take_all())
         self._buffer = rest
         self._mode = _Mode.ANSWERING
         self._held_since = None  # whatever was held is out: the answer comes as it comes

@@ -27,8 +27,10 @@ non-standard ``error: {json}`` line instead of ``data:``. A spec-strict parser
 would drop it and the stream would look like a success, so that field is read
 as if it were ``event: error`` with the value as its data.
 
-A line longer than ``max_line_bytes`` raises ``LineTooLong``: a server that
-never ends a line must not be able to fill our memory.
+A line longer than ``max_line_bytes`` raises ``LineTooLong``, and an event
+whose data lines add up to more than ``max_line_bytes`` characters raises
+``EventTooLong``: a server that never ends a line, or never ends an event
+(``data: x`` lines without a blank one), must not be able to fill our memory.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class LineTooLong(ValueError):
     """The stream holds a line longer than the parser's cap."""
 
 
+class EventTooLong(ValueError):
+    """The stream holds an event whose data add up to more than the parser's cap."""
+
+
 class SSEParser:
     """Turns successive network reads into ``SSEEvent``s (see the module docstring)."""
 
@@ -72,6 +78,7 @@ class SSEParser:
         self._skip_next_lf = False
         self._at_stream_start = True
         self._data_lines: list[str] = []
+        self._data_chars = 0  # in the data lines so far, to cap the event
         self._event = ""
         self._legacy_error: str | None = None
 
@@ -137,6 +144,9 @@ class SSEParser:
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if field == "data":
+            self._data_chars += len(value) + 1  # with the "\n" that will join it
+            if self._data_chars > self.max_line_bytes + 1:
+                raise EventTooLong(f"an event is longer than {self.max_line_bytes} characters")
             self._data_lines.append(value)
         elif field == "event":
             self._event = value
@@ -152,6 +162,7 @@ class SSEParser:
         else:
             event = None
         self._data_lines = []
+        self._data_chars = 0
         self._event = ""
         self._legacy_error = None
         return event

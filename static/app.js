@@ -68,28 +68,41 @@ document.addEventListener("htmx:sseClose", (event) => {
   }
 });
 
-// Follow the growing answer, unless the person scrolled up to read. Where the
-// window is gets read just before each swap, not kept from scroll events: those
-// arrive a frame late, and a swap in between would pull the person back down.
+// Follow the growing answer, unless the person scrolled up to read. This is
+// done once per frame, just before the browser draws it, never once per event:
+// reading the page's height lays the page out, and Chromium lays out a
+// paragraph again from its start on each append, so a layout per event grew
+// with the square of an answer without line breaks (300 KB in one word froze
+// the tab for a minute). Where the window is gets read at that frame, not kept
+// from scroll events (they arrive a frame late, and a swap in between would
+// pull the person back down), and is measured against the page as it was when
+// last followed, before the swaps since then grew it.
 // A new prompt is followed from its first event, wherever the window was.
 const FOLLOW_SLACK_PX = 80;
-let following = true;
 let newPrompt = false;
+let followedHeight = null; // the page's height when it was last followed
+let followFrame = 0;
 document.addEventListener("htmx:afterRequest", (event) => {
   if (event.detail.elt.matches("form")) {
     newPrompt = true; // not the Stop button's POST
   }
 });
-document.addEventListener("htmx:sseBeforeMessage", () => {
-  const fromBottom = document.documentElement.scrollHeight - window.innerHeight - window.scrollY;
-  following = newPrompt || fromBottom < FOLLOW_SLACK_PX;
-  newPrompt = false;
-});
 document.addEventListener("htmx:sseMessage", () => {
-  if (following) {
-    window.scrollTo({ top: document.documentElement.scrollHeight });
-  }
+  followFrame ||= requestAnimationFrame(follow);
 });
+function follow() {
+  followFrame = 0;
+  const height = document.documentElement.scrollHeight; // the layout this frame needs anyway
+  // The page as last followed, or as it is now if it shrank since (the window
+  // then moved up with its end: that is not the person scrolling away).
+  const bottom = Math.min(followedHeight ?? height, height);
+  const fromBottom = bottom - window.innerHeight - window.scrollY;
+  if (newPrompt || fromBottom < FOLLOW_SLACK_PX) {
+    window.scrollTo({ top: height });
+  }
+  newPrompt = false;
+  followedHeight = height;
+}
 
 // The keyboard, as in other chat apps: Enter sends (so do Ctrl+Enter and
 // Cmd+Enter), Shift+Enter makes a new line, Escape stops the answer being written.

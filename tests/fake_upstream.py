@@ -78,7 +78,7 @@ from providers.events import (
     Status,
     Usage,
 )
-from providers.openai import make_connector
+from providers.openai import make_session
 
 SSE_CONTENT_TYPE = "text/event-stream"
 SplitMode = Literal["whole", "bytes", "random"]
@@ -346,7 +346,7 @@ async def fake_upstream(aiohttp_server: Any) -> FakeUpstream:
 @pytest.fixture
 async def client_session() -> AsyncIterator[aiohttp.ClientSession]:
     """A client session made as the app makes its own, for providers under test."""
-    async with aiohttp.ClientSession(connector=make_connector()) as session:
+    async with make_session() as session:
         yield session
 
 

@@ -10,6 +10,8 @@ whole, one byte per write, and cut at random places.
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import json
 import math
 import shutil
@@ -24,14 +26,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
-from providers.events import Answer, Reasoning, Status, Usage
+from providers.events import Answer, Failure, Reasoning, Status, Usage
 from providers.openai import (
     BROKEN,
     INTERRUPTED,
+    NOT_A_CHUNK,
     WAITING_STATUS,
     OpenAIProvider,
     OpenAISettings,
+    make_session,
 )
 from tests.fake_upstream import (
     DONE,
@@ -462,6 +467,62 @@ async def test_framing_quirks(run: Run, split: str) -> None:
     assert_success(result, "", "é😀 😀 ok")
 
 
+NOT_OBJECTS = {
+    "torn-json": b'data: {"choices": [{"delta": {"content": "lost"}}\n\n',
+    "plain-text": b"data: Hello there\n\n",
+    "list": b'data: [{"choices": []}]\n\n',
+    "string": b'data: "Hello"\n\n',
+    "number": b"data: 42\n\n",
+    "null": b"data: null\n\n",
+}
+
+
+@pytest.mark.parametrize("bad", NOT_OBJECTS.values(), ids=NOT_OBJECTS.keys())
+async def test_a_chunk_that_is_not_a_json_object_ends_the_stream(run: Run, bad: bytes) -> None:
+    """Skipped, its text would vanish from the answer and nobody would know."""
+    result = await run([chunk(content="Before"), bad, chunk(content=" after"), DONE])
+    start = bad.decode().removeprefix("data: ").strip()
+    assert_failure(result, "Before", f"{NOT_A_CHUNK}: {start}")
+
+
+async def test_a_chunk_that_is_not_json_is_cleaned_before_it_is_shown(run: Run) -> None:
+    bad = f"data: <html>\ndata: key {API_KEY} then {'x' * 500}\n\n".encode()
+    result = await run([bad, DONE])
+    assert result.failure is not None
+    assert result.failure.startswith(f"{NOT_A_CHUNK}: <html> key [redacted] then xxx")
+    assert len(result.failure) < len(NOT_A_CHUNK) + 310 and result.failure.endswith("…")
+
+
+async def test_an_empty_data_line_is_ignored(run: Run, split: str) -> None:
+    result = await run(
+        [chunk(content="A"), b"data:\n\n", b"data: \n\n", chunk(content="B"), DONE], split=split
+    )
+    assert_success(result, "", "AB", reason=None)
+
+
+async def test_a_lone_surrogate_becomes_a_replacement_character(run: Run, split: str) -> None:
+    """JSON can spell half a surrogate pair; a string holding one cannot be encoded as UTF-8."""
+    result = await run(
+        [
+            b'data: {"choices": [{"delta": {"reasoning_content": "Hm \\ud83d"}}]}\n\n',
+            b'data: {"choices": [{"delta": {"content": "A \\udc00 B"}}]}\n\n',
+            b'data: {"choices": [{"delta": {}, "finish_reason": "stop\\ud800"}]}\n\n',
+            b'data: {"error": {"message": "Bad \\ud83d thing"}}\n\n',
+        ],
+        split=split,
+    )
+    assert result.reasoning == "Hm \ufffd"
+    assert_failure(result, "A \ufffd B", "Bad \ufffd thing")
+    result.shown_text.encode()  # no lone surrogate anywhere
+
+
+async def test_a_finish_reason_is_cleaned_like_upstream_text(run: Run) -> None:
+    echo = f"stop {API_KEY.upper()} " + "x" * 400
+    result = await run([chunk(content="Hi", finish_reason=echo), DONE])
+    assert result.finished is not None
+    assert result.finished.startswith("stop [redacted] xxx") and len(result.finished) == 300
+
+
 async def test_no_done_after_finish_is_success(run: Run, split: str) -> None:
     result = await run([chunk(content="Complete."), chunk(finish_reason="stop")], split=split)
     assert_success(result, "", "Complete.")
@@ -504,6 +565,12 @@ async def test_a_600_kb_line_is_fine(run: Run, split_mode: str) -> None:
 async def test_a_line_over_the_cap_is_a_failure(run: Run) -> None:
     result = await run([chunk(content="x" * (5 * 1024 * 1024))])
     assert_failure(result, "", "longer than 4 MiB")
+
+
+async def test_an_event_over_the_cap_is_a_failure(run: Run) -> None:
+    line = b"data: " + b"x" * 1018 + b"\n"  # 1 KB, and never a blank line
+    result = await run([chunk(content="So far"), *[line * 64] * 80])  # 5 MB
+    assert_failure(result, "So far", "The model server sent an event longer than 4 MiB.")
 
 
 # --- inline <think> tags ---
@@ -687,6 +754,21 @@ async def test_retry_after_becomes_a_hint(run: Run, headers: dict[str, str], hin
     assert result.failure.endswith(hint)
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("Retry-After", "inf"), ("Retry-After", "-inf"), ("Retry-After", "nan"),
+     ("Retry-After", "1e999"), ("Retry-After", "86401"),
+     ("retry-after-ms", "inf"), ("retry-after-ms", "86401000")],
+)  # fmt: skip
+async def test_a_retry_hint_that_is_no_wait_is_left_out(run: Run, header: str, value: str) -> None:
+    """Infinite, not a number, or more than a day: no hint (and no crash)."""
+    result = await run(
+        _openai_shape("Slow down."), status=429, headers={header: value},
+        content_type="application/json",
+    )  # fmt: skip
+    assert result.failure == "The model server answered 429 Too Many Requests: Slow down."
+
+
 async def test_long_upstream_messages_are_cut_and_keys_redacted(run: Run) -> None:
     message = f"Bad input from key {API_KEY} (also known as {MASKED_KEY}): " + "detail " * 100
     result = await run(_openai_shape(message), status=400, content_type="application/json")
@@ -694,6 +776,51 @@ async def test_long_upstream_messages_are_cut_and_keys_redacted(run: Run) -> Non
     assert len(result.failure) < 400
     assert result.failure.endswith("…")
     assert "[redacted]" in result.failure
+
+
+KEY_ECHOES = {
+    "upper-case": API_KEY.upper(),
+    "lower-case": API_KEY.lower(),
+    "swapped-case": API_KEY.swapcase(),
+    "split-by-a-space": f"{API_KEY[:13]} {API_KEY[13:]}",
+    "split-by-a-line-break": f"{API_KEY[:9]}\n{API_KEY[9:]}",
+    "first-12": API_KEY[:12],
+    "last-8": API_KEY[-8:],
+    "inside-a-word": f'{{"key":"{API_KEY.upper()}"}}',
+}
+
+
+def assert_no_run_of_the_key(text: str) -> None:
+    """No 8 characters in a row of the key, in any case."""
+    key, seen = API_KEY.casefold(), text.casefold()
+    runs = {key[i : i + 8] for i in range(len(key) - 7)}
+    assert not [run for run in runs if run in seen], text
+
+
+@pytest.mark.parametrize("echo", KEY_ECHOES.values(), ids=KEY_ECHOES.keys())
+async def test_a_key_echoed_in_any_form_is_redacted(run: Run, echo: str) -> None:
+    message = f"Invalid key {echo} for model test-model."
+    for result in (
+        await run(_openai_shape(message), status=400, content_type="application/json"),
+        await run([chunk(content="Part"), frame({"error": {"message": message}})]),
+    ):
+        assert result.failure is not None and "[redacted]" in result.failure
+        assert "Invalid key" in result.failure and "for model test-model." in result.failure
+        assert_no_run_of_the_key(result.shown_text)
+
+
+async def test_a_masked_key_cut_where_a_long_message_is_cut_is_not_shown(run: Run) -> None:
+    """Only a long message's start is looked at. A masked key cut there, with
+    too few stars left to look masked, must not come into view when an
+    earlier word is redacted and the text grows shorter."""
+    long_masked = "a***" + "b" * 396  # 400 characters, redacted to 10
+    filler = "ww " + "w " * 93  # 189 characters: the key starts 10 characters before the cut
+    message = f"{long_masked} {filler}{MASKED_KEY}"
+    assert message[:600].endswith("sk-test-**")  # what is left of the key at the cut
+    result = await run(_openai_shape(message), status=400, content_type="application/json")
+    assert result.failure is not None
+    assert "[redacted]" in result.failure
+    assert "sk-test-" not in result.failure
 
 
 async def test_plain_text_error_body_gives_just_the_status(run: Run) -> None:
@@ -734,6 +861,54 @@ async def test_a_404_gets_no_base_url_hint_when_the_base_url_is_not_the_cause(
     result = await run(body, status=404, content_type="text/plain", settings={"base_url": base_url})
     assert result.failure is not None and "404 Not Found" in result.failure
     assert "Check the base URL" not in result.failure
+
+
+# --- compressed answers ---
+
+
+def gzipped_stream() -> bytes:
+    return gzip.compress(chunk(content="Squeezed") + chunk(finish_reason="stop") + DONE)
+
+
+async def test_a_compressed_stream_is_refused_unread(fake_upstream: FakeUpstream, run: Run) -> None:
+    result = await run(gzipped_stream(), headers={"Content-Encoding": "gzip"})
+    assert_failure(result, "", "sent a compressed (gzip) stream, which this app does not accept")
+    assert fake_upstream.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+async def test_a_compressed_error_is_refused_unread(run: Run) -> None:
+    body = gzip.compress(_openai_shape("Never read."))
+    result = await run(
+        body, status=500, content_type="application/json", headers={"Content-Encoding": "gzip"}
+    )
+    assert result.failure == (
+        "The model server answered 500 Internal Server Error, compressed (gzip), "
+        "which this app does not accept."
+    )
+
+
+async def test_a_compressed_list_of_models_is_refused_unread(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    models = gzip.compress(b'{"data": [{"id": "only-one"}]}')
+    fake_upstream.reply(
+        models, content_type="application/json", headers={"Content-Encoding": "gzip"}
+    )
+    provider = make_provider(fake_upstream, client_session, model="")
+    assert [event async for event in provider.stream("Hi")] == [
+        Failure(
+            "No model is set, and asking for one failed. The model server sent a compressed "
+            "(gzip) list of models, which this app does not accept: it asks for an uncompressed "
+            "one. Is a proxy in between compressing it? (Or name one with --model or OPENAI_MODEL.)"
+        )
+    ]
+
+
+async def test_the_session_made_for_the_app_never_decompresses(fake_upstream: FakeUpstream) -> None:
+    compressed = gzipped_stream()
+    fake_upstream.reply(compressed, headers={"Content-Encoding": "gzip"})
+    async with make_session() as session, session.get(fake_upstream.base_url) as response:
+        assert await response.read() == compressed
 
 
 # --- reaching the server ---
@@ -799,6 +974,97 @@ async def test_invalid_base_url(client_session: aiohttp.ClientSession) -> None:
     result = await collect(OpenAIProvider(client_session, settings))
     assert result.failure is not None
     assert "not a valid http(s) URL" in result.failure
+
+
+# --- a user and password in the base URL ---
+
+USER, PASSWORD = "me", "hunter2"
+
+
+def with_credentials(base_url: str) -> str:
+    return str(URL(base_url).with_user(USER).with_password(PASSWORD))
+
+
+@pytest.mark.parametrize("model", ["test-model", ""], ids=["model-set", "model-listed"])
+async def test_credentials_in_the_base_url_go_as_basic_auth(
+    fake_upstream: FakeUpstream, run: Run, model: str
+) -> None:
+    if not model:
+        fake_upstream.reply(b'{"data": [{"id": "test-model"}]}', content_type="application/json")
+    result = await run(
+        [chunk(content="ok", finish_reason="stop"), DONE],
+        settings={
+            "base_url": with_credentials(fake_upstream.base_url),
+            "api_key": None,
+            "model": model,
+        },
+    )
+    assert_success(result, "", "ok")
+    basic = f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}"
+    assert [request.headers["Authorization"] for request in fake_upstream.requests] == [basic] * (
+        1 if model else 2
+    )
+
+
+async def test_credentials_and_a_key_together_are_refused_readably(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """aiohttp refuses to send both; without this check every stream crashed."""
+    provider = make_provider(
+        fake_upstream, client_session, base_url=with_credentials(fake_upstream.base_url)
+    )
+    events = [event async for event in provider.stream("Hi")]
+    assert events == [
+        Failure(
+            "The base URL has a user name and password, and OPENAI_API_KEY is set too: "
+            "the model server can be sent only one of them. Remove one."
+        )
+    ]
+    assert not fake_upstream.requests
+
+
+JSON, TEXT = "application/json", "text/plain"
+CREDENTIALED_FAILURES = {
+    "not-http": ("ftp://me:hunter2@127.0.0.1/v1?key=sk-in-url", {}, "not a valid http(s) URL"),
+    "no-answer": (None, {"headers_delay": 10}, "did not answer within"),
+    "no-models": (None, {"body": b'{"data": []}', "content_type": JSON}, "lists none"),
+    "not-found": (None, {"body": b"Not here", "status": 404, "content_type": TEXT}, "404"),
+}
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reply", "says"), CREDENTIALED_FAILURES.values(), ids=CREDENTIALED_FAILURES.keys()
+)
+async def test_credentials_in_the_base_url_never_reach_a_message(
+    fake_upstream: FakeUpstream,
+    client_session: aiohttp.ClientSession,
+    base_url: str | None,
+    reply: dict[str, Any],
+    says: str,
+) -> None:
+    fake_upstream.reply(**reply)
+    provider = make_provider(
+        fake_upstream,
+        client_session,
+        base_url=base_url or with_credentials(fake_upstream.base_url),
+        api_key=None,
+        model="" if "lists none" in says else "test-model",
+        first_token_timeout=SHORT,
+    )
+    events = [event async for event in provider.stream("Hi")]
+    shown = StreamResult(events, 0).shown_text
+    assert says in shown
+    assert PASSWORD not in shown and f"{USER}:" not in shown and "sk-in-url" not in shown
+
+
+async def test_credentials_in_an_unreachable_base_url_never_reach_a_message(
+    client_session: aiohttp.ClientSession, refusing_port: int
+) -> None:
+    base_url = f"http://{USER}:{PASSWORD}@127.0.0.1:{refusing_port}/v1"
+    result = await collect(OpenAIProvider(client_session, OpenAISettings(base_url, model="m")))
+    assert result.failure == (
+        f"Could not reach the model server at 127.0.0.1:{refusing_port}: Connection refused."
+    )
 
 
 # --- time limits ---

@@ -8,7 +8,9 @@ known not to be reasoning.
 
 from __future__ import annotations
 
+import gc
 import math
+import time
 
 import pytest
 
@@ -103,3 +105,31 @@ def test_server_reasoning_after_held_text_releases_it_as_answer() -> None:
     splitter = ThinkTagSplitter(HOLD)
     assert splitter.feed("Early", 0) == []
     assert splitter.server_reasoning() == [Answer("Early", sent_at=0)]
+
+
+@pytest.mark.parametrize(
+    ("piece", "hold"),
+    [(" " * 8, HOLD),  # white space keeps the splitter undecided
+     ("Held on.", math.inf)],  # untagged text is held until </think> or the end
+    ids=["white-space", "held-text"],
+)  # fmt: skip
+def test_many_small_pieces_cost_linear_time(piece: str, hold: float) -> None:
+    """Each piece is looked at once: 4 times the pieces take about 4 times as long, not 16."""
+
+    def seconds(count: int) -> float:
+        best = math.inf
+        for _ in range(5):  # the best of five: a busy machine only ever adds time
+            splitter = ThinkTagSplitter(hold)
+            gc.disable()  # a collection during one run and not another would skew the ratio
+            try:
+                started = time.perf_counter()
+                out = [part for _ in range(count) for part in splitter.feed(piece, 0)]
+                out += splitter.feed("End.", 0) + splitter.finish()
+                best = min(best, time.perf_counter() - started)
+            finally:
+                gc.enable()
+            assert joined(out, Answer) == piece * count + "End."
+        return best
+
+    small, large = seconds(10_000), seconds(40_000)
+    assert large / small < 8, f"10,000 pieces: {small:.3f} s, 40,000 pieces: {large:.3f} s"

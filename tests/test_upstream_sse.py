@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from providers.upstream_sse import LineTooLong, SSEEvent, SSEParser
+from providers.upstream_sse import EventTooLong, LineTooLong, SSEEvent, SSEParser
 
 E = SSEEvent
 BIG = "x" * 600_000
@@ -118,3 +118,16 @@ def test_the_default_cap_is_a_few_mib() -> None:
     assert parser.feed(b"data: " + b"x" * (3 * 1024 * 1024)) == []
     with pytest.raises(LineTooLong):
         parser.feed(b"x" * (2 * 1024 * 1024))
+
+
+@pytest.mark.parametrize("feed", FEEDS.values(), ids=FEEDS.keys())
+def test_an_event_over_the_cap_raises(feed: Callable[[list[bytes]], list[bytes]]) -> None:
+    """Short data lines that never end their event must not pile up without end."""
+    with pytest.raises(EventTooLong):
+        parse(feed([b"data: " + b"x" * 20 + b"\n"] * 4), SSEParser(max_line_bytes=64))
+
+
+def test_an_event_at_the_cap_is_fine_and_the_count_starts_again_after_it() -> None:
+    event = b"data: " + b"x" * 31 + b"\ndata: " + b"y" * 32 + b"\n\n"  # 31 + "\n" + 32 = 64
+    expected = E("x" * 31 + "\n" + "y" * 32)
+    assert parse([event, event], SSEParser(max_line_bytes=64)) == [expected, expected]
