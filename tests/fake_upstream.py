@@ -70,6 +70,7 @@ from aiohttp import web
 
 from providers.events import (
     Answer,
+    ChatRequest,
     Failure,
     Finished,
     Provider,
@@ -79,6 +80,7 @@ from providers.events import (
     Usage,
 )
 from providers.openai import make_session
+from tests.chat import chat
 
 SSE_CONTENT_TYPE = "text/event-stream"
 SplitMode = Literal["whole", "bytes", "random"]
@@ -402,10 +404,11 @@ class StreamResult:
         )
 
 
-async def collect(provider: Provider, prompt: str = "Hello?") -> StreamResult:
+async def collect(provider: Provider, prompt: str | ChatRequest = "Hello?") -> StreamResult:
     """Run ``provider.stream(prompt)`` to its end and check the event contract on the way."""
     started = time.monotonic()
-    events = [event async for event in provider.stream(prompt)]
+    request = chat(prompt) if isinstance(prompt, str) else prompt
+    events = [event async for event in provider.stream(request)]
     result = StreamResult(events, time.monotonic() - started)
     assert events and isinstance(events[0], Status), "a stream starts with a Status"
     ends = [i for i, event in enumerate(events) if isinstance(event, Failure | Finished)]

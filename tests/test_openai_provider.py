@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from providers.events import Answer, Failure, Reasoning, Status, Usage
+from providers.events import Answer, ChatRequest, Failure, Message, Reasoning, Status, Usage
 from providers.openai import (
     BROKEN,
     INTERRUPTED,
@@ -38,6 +38,7 @@ from providers.openai import (
     OpenAISettings,
     make_session,
 )
+from tests.chat import chat
 from tests.fake_upstream import (
     DONE,
     SPLIT_MODES,
@@ -77,10 +78,16 @@ Run = Callable[..., Any]
 def run(fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession) -> Run:
     """Script one reply, stream one prompt through a provider, check the key stays secret."""
 
-    async def go(body: Any = (), *, settings: dict[str, Any] | None = None, **reply: Any):
+    async def go(
+        body: Any = (),
+        *,
+        settings: dict[str, Any] | None = None,
+        request: ChatRequest | str = "Hello?",
+        **reply: Any,
+    ):
         fake_upstream.reply(body, **reply)
         provider = make_provider(fake_upstream, client_session, **(settings or {}))
-        result = await collect(provider)
+        result = await collect(provider, request)
         assert API_KEY not in result.shown_text
         assert "****" not in result.shown_text
         return result
@@ -126,7 +133,8 @@ async def test_request_is_an_openai_streaming_chat_completion(
 ) -> None:
     await run(
         [chunk(content="ok", finish_reason="stop"), DONE],
-        settings={"temperature": 0.2, "max_tokens": 64, "system_prompt": "Be brief."},
+        settings={"temperature": 0.2, "max_tokens": 64},
+        request=chat("Hello?", "Hi", "Hi! How can I help?", system="Be brief."),
     )
     (request,) = fake_upstream.requests
     assert (request.method, request.path) == ("POST", "/v1/chat/completions")
@@ -136,6 +144,8 @@ async def test_request_is_an_openai_streaming_chat_completion(
         "model": "test-model",
         "messages": [
             {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hi! How can I help?"},
             {"role": "user", "content": "Hello?"},
         ],
         "stream": True,
@@ -143,6 +153,16 @@ async def test_request_is_an_openai_streaming_chat_completion(
         "temperature": 0.2,
         "max_tokens": 64,
     }
+
+
+async def test_a_request_chooses_its_own_model_and_temperature(
+    fake_upstream: FakeUpstream, run: Run
+) -> None:
+    request = ChatRequest((Message("user", "Hi"),), model="other-model", temperature=1.5)
+    await run([chunk(content="ok", finish_reason="stop"), DONE], settings={"temperature": 0.2},
+              request=request)  # fmt: skip
+    sent = fake_upstream.requests[0].json
+    assert (sent["model"], sent["temperature"]) == ("other-model", 1.5)
 
 
 async def test_request_without_key_or_options(fake_upstream: FakeUpstream, run: Run) -> None:
@@ -634,7 +654,7 @@ async def test_untagged_answer_is_released_after_the_hold(
         [chunk(content="Hello"), Pause(3 * SHORT), chunk(content=" a </think> b"), DONE]
     )
     provider = make_provider(fake_upstream, client_session, reasoning_hold=hold)
-    stream = provider.stream("Hi")
+    stream = provider.stream(chat("Hi"))
     await events_until(stream, Status(WAITING_STATUS))
     waiting_since = time.monotonic()
     first_answer = (await events_until(stream, Answer))[-1]
@@ -895,7 +915,7 @@ async def test_a_compressed_list_of_models_is_refused_unread(
         models, content_type="application/json", headers={"Content-Encoding": "gzip"}
     )
     provider = make_provider(fake_upstream, client_session, model="")
-    assert [event async for event in provider.stream("Hi")] == [
+    assert [event async for event in provider.stream(chat("Hi"))] == [
         Failure(
             "No model is set, and asking for one failed. The model server sent a compressed "
             "(gzip) list of models, which this app does not accept: it asks for an uncompressed "
@@ -1013,7 +1033,7 @@ async def test_credentials_and_a_key_together_are_refused_readably(
     provider = make_provider(
         fake_upstream, client_session, base_url=with_credentials(fake_upstream.base_url)
     )
-    events = [event async for event in provider.stream("Hi")]
+    events = [event async for event in provider.stream(chat("Hi"))]
     assert events == [
         Failure(
             "The base URL has a user name and password, and OPENAI_API_KEY is set too: "
@@ -1051,7 +1071,7 @@ async def test_credentials_in_the_base_url_never_reach_a_message(
         model="" if "lists none" in says else "test-model",
         first_token_timeout=SHORT,
     )
-    events = [event async for event in provider.stream("Hi")]
+    events = [event async for event in provider.stream(chat("Hi"))]
     shown = StreamResult(events, 0).shown_text
     assert says in shown
     assert PASSWORD not in shown and f"{USER}:" not in shown and "sk-in-url" not in shown
@@ -1126,7 +1146,7 @@ async def test_aclose_while_the_model_is_silent_cancels_upstream(
     fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
 ) -> None:
     fake_upstream.reply([], stall=30)
-    stream = make_provider(fake_upstream, client_session).stream("Think hard")
+    stream = make_provider(fake_upstream, client_session).stream(chat("Think hard"))
     await events_until(stream, Status(WAITING_STATUS))
     closed_at = asyncio.get_running_loop().time()
     await stream.aclose()
@@ -1138,7 +1158,9 @@ async def test_aclose_while_streaming_cancels_upstream(
     fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
 ) -> None:
     fake_upstream.reply([chunk(content=f"word{i} ") for i in range(500)], delay=0.01)
-    stream = make_provider(fake_upstream, client_session, reasoning_hold=0).stream("Talk a lot")
+    stream = make_provider(fake_upstream, client_session, reasoning_hold=0).stream(
+        chat("Talk a lot")
+    )
     await events_until(stream, Answer)
     closed_at = asyncio.get_running_loop().time()
     await stream.aclose()
@@ -1161,7 +1183,9 @@ async def test_cancelling_the_reading_task_cancels_upstream(
 ) -> None:
     """The server's handler may be cancelled while the provider awaits the network."""
     fake_upstream.reply(**reply)
-    stream = make_provider(fake_upstream, client_session, reasoning_hold=0).stream("Think hard")
+    stream = make_provider(fake_upstream, client_session, reasoning_hold=0).stream(
+        chat("Think hard")
+    )
     reached = asyncio.Event()
 
     async def consume() -> None:

@@ -34,6 +34,7 @@ import pytest
 
 from providers.events import Answer
 from providers.openai import OpenAIProvider, OpenAISettings
+from tests.chat import chat
 from tests.fake_upstream import collect, events_until
 from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
@@ -88,7 +89,7 @@ async def test_a_real_answer_streams(client_session: aiohttp.ClientSession) -> N
 
 async def test_an_early_close_frees_the_slot(client_session: aiohttp.ClientSession) -> None:
     stream = provider(client_session, max_tokens=2000).stream(
-        "Write a very long story about a fox."
+        chat("Write a very long story about a fox.")
     )
     async with asyncio.timeout(ANSWER_WITHIN):
         await events_until(stream, Answer)
