@@ -76,9 +76,9 @@ class Tab:
         await self.page.goto(url)
 
     async def submit(self, prompt: str) -> None:
-        """Type a prompt into the form and press Generate, as a person would."""
-        await self.page.get_by_label("Prompt").fill(prompt)
-        await self.page.get_by_role("button", name="Generate").click()
+        """Type a prompt into the form and press Send, as a person would."""
+        await self.page.get_by_label("Prompt", exact=True).fill(prompt)
+        await self.page.get_by_role("button", name="Send", exact=True).click()
 
     # --- what the person sees ---------------------------------------------------------
 

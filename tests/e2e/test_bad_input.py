@@ -18,7 +18,7 @@ async def test_empty_and_too_long_prompts_are_refused_readably_then_a_good_one_s
 ):
     served = await serve_app(ScriptedProvider([Answer("Here you are.")]), max_prompt_chars=LIMIT)
     await tab.open(served.url)
-    prompt_box = tab.page.get_by_label("Prompt")
+    prompt_box = tab.page.get_by_label("Prompt", exact=True)
 
     await tab.submit("   ")
     await expect(tab.alert).to_have_text("Please type a prompt first.")

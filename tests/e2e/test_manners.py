@@ -17,9 +17,9 @@ async def test_ctrl_enter_submits_and_the_status_line_speaks_twice(tab, serve_ap
     provider = ScriptedProvider(paced([Answer("One, "), Answer("two.")], Pause(CHUNK_PAUSE_S)))
     served = await serve_app(provider)
     await tab.open(served.url)
-    await tab.page.get_by_label("Prompt").fill("Count to two.")
+    await tab.page.get_by_label("Prompt", exact=True).fill("Count to two.")
 
-    await tab.page.get_by_label("Prompt").press("Control+Enter")
+    await tab.page.get_by_label("Prompt", exact=True).press("Control+Enter")
     status = tab.response.get_by_role("status")
     await expect(status).to_have_text("Generating…")
     await expect(tab.response.locator("[aria-busy=true]")).to_have_count(1)
@@ -140,7 +140,7 @@ async def test_without_htmx_the_page_says_why_instead_of_reloading(tab, serve_ap
     await tab.open(served.url)
 
     await expect(tab.page.get_by_role("alert")).to_contain_text("htmx did not load")
-    await tab.page.get_by_label("Prompt").fill("Anything")
-    await tab.page.get_by_role("button", name="Generate").click()
+    await tab.page.get_by_label("Prompt", exact=True).fill("Anything")
+    await tab.page.get_by_role("button", name="Send", exact=True).click()
     await asyncio.sleep(0.3)
     assert tab.page.url == served.url  # no plain GET reload with the prompt in the URL
