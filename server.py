@@ -816,6 +816,7 @@ class Relay:
         self.stream = stream
         self.transcript = stream.transcript = transcript
         self.error: str | None = None  # what the person was told went wrong
+        self.hint: str | None = None  # what the operator is told to check
         self._answer_sent = 0
         self.max_chars = config.max_answer_chars
         self.answer = Throttle(config.answer_window)
@@ -854,7 +855,8 @@ class Relay:
                 transcript.usage = event
             case Finished(reason):
                 transcript.finish_reason = reason
-            case Failure(message):
+            case Failure(message, hint):
+                self.hint = hint
                 self.fail(message)
                 return "failed"
         return None
@@ -950,7 +952,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         transcript.compact()
         stream.turn.end(outcome, transcript, error, view or answer_view(app, stream, transcript))
         stream.end()  # `close`, always last
-        log_stream(app, stream, outcome, transcript, relay.error)
+        log_stream(app, stream, outcome, transcript, _joined(relay.error, relay.hint))
         await app[STORE].finished(stream)
 
 
@@ -958,6 +960,10 @@ def this_task() -> asyncio.Task[Any]:
     task = asyncio.current_task()
     assert task is not None, "called outside a task"
     return task
+
+
+def _joined(*parts: str | None) -> str | None:
+    return " ".join(part for part in parts if part) or None
 
 
 def answer_view(app: web.Application, stream: Stream, transcript: Transcript) -> dict[str, Any]:

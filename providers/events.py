@@ -75,9 +75,12 @@ class Finished:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """The stream failed; ``message`` is safe to show to the person."""
+    """The stream failed. ``message`` is for the person: short, readable, no secret.
+    ``hint`` is for the operator's log: what to check or change ("Check
+    OPENAI_API_KEY."); the person never sees it."""
 
     message: str
+    hint: str | None = None
 
 
 ProviderEvent = Status | Reasoning | Answer | Usage | Finished | Failure

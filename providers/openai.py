@@ -77,7 +77,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import hdrs
@@ -242,19 +242,19 @@ class OpenAIProvider:
             self._check_credentials()
             model = request.model or await self._resolve_model()
         except _CannotStart as failure:
-            yield Failure(str(failure))
+            yield Failure(str(failure), failure.hint)
             return
         yield Status(f"Connecting to {model}…")
         clock = _Clock(self._settings)
         try:
             response = await self._send(self._request_body(request, model), clock)
         except _CannotStart as failure:
-            yield Failure(str(failure))
+            yield Failure(str(failure), failure.hint)
             return
         try:
             problem = await self._problem_with(response)
             if problem is not None:
-                yield Failure(problem)
+                yield Failure(*problem)
                 return
             yield Status(WAITING_STATUS)
             translator = _Translator(self._settings)
@@ -272,8 +272,10 @@ class OpenAIProvider:
         one request cannot carry both (aiohttp refuses to try)."""
         if self._settings.api_key and _has_credentials(self._settings.base_url):
             raise _CannotStart(
-                "The base URL has a user name and password, and OPENAI_API_KEY is set too: "
-                "the model server can be sent only one of them. Remove one."
+                "This app has two kinds of credentials for the model server, and can send "
+                "only one.",
+                hint="The base URL has a user name and password, and OPENAI_API_KEY is set "
+                "too: remove one.",
             )
 
     # --- the model ---
@@ -323,8 +325,8 @@ class OpenAIProvider:
         models = await self._list_models()
         if models is None:
             raise _CannotStart(
-                f"Could not reach the model server at {self._where()} to ask which model to "
-                "use. Is it running? (Or name one with --model or OPENAI_MODEL.)"
+                f"Could not reach the model server at {self._where()} to ask which model to use.",
+                hint="Is it running? Or name a model with --model or OPENAI_MODEL.",
             )
         if len(models) == 1:
             self.model = models[0]
@@ -334,8 +336,8 @@ class OpenAIProvider:
                 f"Choose a model in the page's settings; the server offers: {_listing(models)}"
             )
         raise _CannotStart(
-            f"No model is set, and the model server at {self._where()} lists none: "
-            "start the app with --model NAME or OPENAI_MODEL=NAME."
+            f"No model is set, and the model server at {self._where()} lists none.",
+            hint="Start the app with --model NAME or OPENAI_MODEL=NAME.",
         )
 
     async def _list_models(self) -> list[str] | None:
@@ -352,17 +354,13 @@ class OpenAIProvider:
                     self.models_url, headers=headers, auto_decompress=False
                 ) as response,
             ):
-                compressed = self._compressed(response, "list of models")
-                if compressed is not None:
-                    raise _CannotStart(
-                        f"No model is set, and asking for one failed. {compressed} "
-                        "(Or name one with --model or OPENAI_MODEL.)"
-                    )
-                if response.status != HTTPStatus.OK:
+                problem = self._compressed(response, "list of models")
+                if problem is None and response.status != HTTPStatus.OK:
                     problem = await self._http_error(response)
+                if problem is not None:
                     raise _CannotStart(
-                        f"No model is set, and asking for one failed. {problem} "
-                        "(Or name one with --model or OPENAI_MODEL.)"
+                        f"No model is set, and asking for one failed. {problem.message}",
+                        hint=_hints(problem.hint, "Or name one with --model or OPENAI_MODEL."),
                     )
                 listing = _json_object(await self._read_capped(response))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError):
@@ -457,7 +455,7 @@ class OpenAIProvider:
 
     # --- the response ---
 
-    async def _problem_with(self, response: aiohttp.ClientResponse) -> str | None:
+    async def _problem_with(self, response: aiohttp.ClientResponse) -> _Problem | None:
         """A message if the response is not the event stream we asked for."""
         compressed = self._compressed(response, "stream")
         if compressed is not None:
@@ -468,7 +466,7 @@ class OpenAIProvider:
             return await self._not_a_stream(response)
         return None
 
-    def _compressed(self, response: aiohttp.ClientResponse, what: str) -> str | None:
+    def _compressed(self, response: aiohttp.ClientResponse, what: str) -> _Problem | None:
         """A message if the body (``what`` it should be) is compressed, which this app never reads.
 
         We ask for ``Accept-Encoding: identity``; a server or proxy that
@@ -481,20 +479,23 @@ class OpenAIProvider:
         compressed = f"compressed ({self._clean(encoding)})"
         if response.status != HTTPStatus.OK:
             status = f"{response.status} {response.reason or ''}".rstrip()
-            return (
+            return _Problem(
                 f"The model server answered {status}, {compressed}, which this app does not accept."
             )
-        return (
-            f"The model server sent a {compressed} {what}, which this app does not accept: "
-            "it asks for an uncompressed one. Is a proxy in between compressing it?"
+        return _Problem(
+            f"The model server sent a {compressed} {what}, which this app does not accept.",
+            "The app asks for an uncompressed one: is a proxy in between compressing it?",
         )
 
-    async def _http_error(self, response: aiohttp.ClientResponse) -> str:
+    async def _http_error(self, response: aiohttp.ClientResponse) -> _Problem:
         status = f"{response.status} {response.reason or ''}".rstrip()
         if response.status in KEY_REFUSED_STATUSES:
             if self._settings.api_key:
-                return f"The model server refused the API key ({status}). Check OPENAI_API_KEY."
-            return f"The model server wants an API key ({status}). Set OPENAI_API_KEY."
+                return _Problem(
+                    f"The model server refused this app's API key ({status}).",
+                    "Check OPENAI_API_KEY.",
+                )
+            return _Problem(f"The model server wants an API key ({status}).", "Set OPENAI_API_KEY.")
         detail = _error_detail(_json_object(await self._read_capped(response)))
         if detail and detail.strip().lower() == (response.reason or "").lower():
             detail = None  # {"detail": "Not Found"} says no more than the status
@@ -504,23 +505,23 @@ class OpenAIProvider:
         if wait is not None and wait <= MAX_RETRY_HINT_S:  # a longer one is not believed
             message += f" Try again in {max(1, math.ceil(wait))} s."
         if response.status == HTTPStatus.NOT_FOUND and not detail:
-            message += self._base_url_hint()  # a bare 404: most likely the path
-        return message
+            return _Problem(message, self._base_url_hint())  # a bare 404: most likely the path
+        return _Problem(message)
 
-    async def _not_a_stream(self, response: aiohttp.ClientResponse) -> str:
+    async def _not_a_stream(self, response: aiohttp.ClientResponse) -> _Problem:
         detail = _error_detail(_json_object(await self._read_capped(response)))
         kind = response.content_type or "no content type"
         message = f"The model server answered with {kind}, not an event stream"
         message += f" ({self._clean(detail)})." if detail else "."
-        return message + self._base_url_hint()
+        return _Problem(message, self._base_url_hint())
 
-    def _base_url_hint(self) -> str:
+    def _base_url_hint(self) -> str | None:
         """For answers that mean "no such path": the usual cause, when it applies
         (a base URL with a version in its path, /v1 or Gemini's /v1beta/openai,
         has its version)."""
         if _VERSION_SEGMENT.search(URL(self._settings.base_url).path):
-            return ""
-        return " Check the base URL: most servers want it to end in /v1 (as in http://127.0.0.1:8080/v1)."
+            return None
+        return "Check the base URL: most servers want it to end in /v1 (as in http://127.0.0.1:8080/v1)."
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         """Read at most ``MAX_ERROR_BODY_BYTES`` of a body, giving up after an idle timeout."""
@@ -558,8 +559,24 @@ class OpenAIProvider:
         return translator.feed(data, clock.read())
 
 
+class _Problem(NamedTuple):
+    """What went wrong: ``message`` for the person, ``hint`` for the operator's log."""
+
+    message: str
+    hint: str | None = None
+
+
+def _hints(*hints: str | None) -> str | None:
+    return " ".join(hint for hint in hints if hint) or None
+
+
 class _CannotStart(Exception):
-    """The request failed before a response arrived; the message is safe to show."""
+    """The request failed before a response arrived; the message is safe to show,
+    ``hint`` is for the operator's log."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 # --- time ---

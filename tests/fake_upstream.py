@@ -385,6 +385,12 @@ class StreamResult:
         return failure.message if failure else None
 
     @property
+    def hint(self) -> str | None:
+        """The failure's hint for the operator's log."""
+        failure = self.only(Failure)
+        return failure.hint if failure else None
+
+    @property
     def finished(self) -> str | None:
         finished = self.only(Finished)
         return finished.reason if finished else None

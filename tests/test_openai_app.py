@@ -133,7 +133,7 @@ async def test_api_key_never_reaches_page_events_or_logs(start_app, fake_upstrea
     text, events, _ = await read_stream(client, uid)
 
     assert fake_upstream.requests[0].headers["Authorization"] == f"Bearer {KEY}"
-    assert "refused the API key" in events[-2].data
+    assert "refused this app&#x27;s API key" in events[-2].data
     for seen in (page, text, caplog.text):
         assert KEY not in seen and KEY[-4:] not in seen
 
@@ -178,23 +178,27 @@ async def test_several_models_and_none_chosen_asks_to_choose(start_app, fake_ups
 
 
 @pytest.mark.parametrize(
-    ("status", "base_url_suffix", "says"),
-    [(404, "", "answered 404 Not Found. Check the base URL: most servers want it to end in /v1"),
-     (401, "/v1", "The model server wants an API key (401 Unauthorized). Set OPENAI_API_KEY."),
-     (500, "/v1", "answered 500 Internal Server Error: Not Found. (Or name one with --model")],
+    ("status", "base_url_suffix", "says", "hint"),
+    [(404, "", "answered 404 Not Found.", "Check the base URL: most servers want it to end in /v1"),
+     (401, "/v1", "The model server wants an API key (401 Unauthorized).", "Set OPENAI_API_KEY."),
+     (500, "/v1", "answered 500 Internal Server Error: Not Found.", "Or name one with --model")],
     ids=["base-url-without-v1", "no-key", "server-error"],
 )  # fmt: skip
 async def test_no_model_and_a_refused_list_of_models_says_why(
-    start_app, fake_upstream, status, base_url_suffix, says
+    start_app, fake_upstream, caplog, status, base_url_suffix, says, hint
 ):
+    """The person reads what happened; the operator's log says what to change too."""
     fake_upstream.reply(b'{"detail":"Not Found"}', status=status, content_type="application/json")
     base_url = fake_upstream.base_url.removesuffix("/v1") + base_url_suffix
     client = await start_openai(start_app, fake_upstream, model="", base_url=base_url)
-    _, events, _ = await read_stream(client, await post_prompt(client))
+    with caplog.at_level(logging.INFO, logger="stream"):
+        _, events, _ = await read_stream(client, await post_prompt(client))
 
     error = texts(events, "error")[0]
     assert error.startswith("No model is set, and asking for one failed.")
-    assert says in error
+    assert says in error and hint not in error
+    logged = [r.getMessage() for r in caplog.records if "outcome=failed" in r.getMessage()]
+    assert len(logged) == 1 and says in logged[0] and hint in logged[0]
 
 
 async def test_the_page_never_shows_credentials_or_a_query_of_the_base_url(
