@@ -6,50 +6,34 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
+from tests.server_process import start_server, stop_server
 from tests.test_shutdown import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(port: int, soft: int, hard: int, log: Path) -> subprocess.Popen[bytes]:
+def limited_to(soft: int, hard: int) -> Callable[[], None]:
     def limit_open_files() -> None:  # in the child, before it runs Python
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    with log.open("wb") as log_file:  # a file, not a pipe: a flood of lines never blocks
-        return subprocess.Popen(
-            [sys.executable, "server.py", "--port", str(port), "--request-timeout", "30"],
-            cwd=ROOT,
-            stderr=log_file,
-            preexec_fn=limit_open_files,
-        )
-
-
-def stop(process: subprocess.Popen[bytes], log: Path) -> str:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    return log.read_text()
+    return limit_open_files
 
 
 async def test_the_soft_open_file_limit_is_raised_to_the_hard_one_and_said(tmp_path):
     port, log_path = free_port(), tmp_path / "server.log"
-    process = start_server(port, soft=256, hard=4096, log=log_path)
+    process = start_server(["--port", str(port)], log_path, limited_to(256, 4096))
     try:
         async with aiohttp.ClientSession() as session:
             await wait_until_serving(f"http://127.0.0.1:{port}", session)
         limits = await asyncio.to_thread(Path(f"/proc/{process.pid}/limits").read_text)
     finally:
-        log = stop(process, log_path)
+        log = stop_server(process, log_path)
     assert "open files: at most 4096 (the soft limit was 256)" in log
     assert [line for line in limits.splitlines() if line.startswith("Max open files")] == [
         "Max open files            4096                 4096                 files     "
@@ -58,7 +42,9 @@ async def test_the_soft_open_file_limit_is_raised_to_the_hard_one_and_said(tmp_p
 
 async def test_running_out_of_descriptors_is_logged_once_and_the_server_recovers(tmp_path):
     port, log_path = free_port(), tmp_path / "server.log"
-    process = start_server(port, soft=64, hard=64, log=log_path)
+    process = start_server(
+        ["--port", str(port), "--request-timeout", "30"], log_path, limited_to(64, 64)
+    )
     held: list[socket.socket] = []
     try:
         async with aiohttp.ClientSession() as session:
@@ -84,6 +70,6 @@ async def test_running_out_of_descriptors_is_logged_once_and_the_server_recovers
     finally:
         for sock in held:
             sock.close()
-        log = stop(process, log_path)
+        log = stop_server(process, log_path)
     assert log.count("cannot accept connections") == 1, log[-2000:]
     assert "out of system resource" not in log
