@@ -1,15 +1,17 @@
-"""Soak test: thousands of prompts, browsers that leave at random, and a server that
-must end with nothing left over and memory flat.
+"""Soak test: thousands of prompts in conversations, browsers that leave at random,
+and a server that must end with nothing left over and memory flat.
 
-    python bench/soak.py [--prompts 2000] [--concurrency 50] [--seed 1]
+    python bench/soak.py [--prompts 2000] [--concurrency 50] [--seed 1] [--max-conversations 100]
 
 It starts ``server.py`` on a free loopback port (demo provider, a short pause
 per word, a short grace period and TTL), then sends the prompts through
 ``soak()`` in tests/soak.py, which also runs, smaller, in the test suite. Each
-prompt is read whole, resumed after a cut, left mid-stream or never opened
-(tests/soak.py says what each must give). At the end /healthz must show zero
-streams, listeners and pending uids, and the server's resident memory is
-printed after the warm-up, halfway, and at the end.
+conversation has a few turns; its last is read whole, resumed after a cut,
+left mid-stream or never opened (tests/soak.py says what each must give). The
+server keeps at most ``--max-conversations``, reached early in the run, so its
+memory must stay flat after that. At the end /healthz must show zero streams,
+listeners and pending uids, and the server's resident memory is printed after
+the warm-up, halfway, and at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.soak import GRACE_S, UID_TTL_S, soak  # noqa: E402
+from tests.soak import GRACE_S, TURNS, UID_TTL_S, soak  # noqa: E402
 
 
 def free_port() -> int:
@@ -39,6 +41,7 @@ async def main() -> int:
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-conversations", type=int, default=100)
     args = parser.parse_args()
 
     port = free_port()
@@ -49,6 +52,7 @@ async def main() -> int:
         "--max-streams", "100000", "--max-streams-per-client", "99999",
         "--prompts-per-minute", "1000000", "--max-pending", "100000",
         "--max-pending-per-client", "99999", "--max-connections-per-client", "100000",
+        "--max-conversations", str(args.max_conversations),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -64,7 +68,10 @@ async def main() -> int:
         server.terminate()
         await server.wait()
 
-    print(f"{args.prompts} prompts, {args.concurrency} at a time, in {report.seconds:.1f} s")
+    print(
+        f"{args.prompts} prompts in conversations of {TURNS}, {args.concurrency} at a time, "
+        f"in {report.seconds:.1f} s; at most {args.max_conversations} conversations kept"
+    )
     print("fates:", ", ".join(f"{fate} {count}" for fate, count in sorted(report.fates.items())))
     print(f"exact answers: {report.exact} of {report.fates['read'] + report.fates['resume']}")
     print("healthz at the end:", report.health)

@@ -1,10 +1,14 @@
-"""The soak: many prompts, browsers that leave at random, and a server that must
-end with nothing left over.
+"""The soak: many conversations, browsers that leave at random, and a server that
+must end with nothing left over.
 
 ``soak(base, …)`` sends the prompts to the app at ``base`` (the demo provider,
-with ``GRACE_S`` and ``UID_TTL_S``). tests/test_soak.py runs a small one in the
-suite; ``python bench/soak.py`` runs thousands against ``server.py`` and
-prints the report. Each prompt meets a fate, drawn with a fixed seed:
+with ``GRACE_S`` and ``UID_TTL_S``), as conversations of ``TURNS`` prompts:
+each prompt after the first continues its conversation, and the demo's answer
+(which quotes the previous prompt) shows that the history reached it.
+tests/test_soak.py runs a small one in the suite; ``python bench/soak.py``
+runs thousands against ``server.py`` and prints the report. Every turn but a
+conversation's last is read whole; the last meets a fate, drawn with a fixed
+seed:
 
 - read:    the whole stream is read; the answer must be exactly the demo's;
 - resume:  the connection is cut after a few events and comes back with
@@ -35,6 +39,7 @@ from tests.snippet import uid_from_snippet
 from tests.sse_client import answer_of, parse_stream
 
 FATES = {"read": 0.5, "resume": 0.15, "leave": 0.2, "abandon": 0.15}
+TURNS = 3  # prompts per conversation
 GRACE_S = 0.5
 UID_TTL_S = 1.0
 SETTLE_LIMIT_S = 15.0  # how long the server may take to forget everything at the end
@@ -56,8 +61,8 @@ class Report:
         return not self.wrong and all(self.health.get(key) == 0 for key in leftovers)
 
 
-async def expected_answer(prompt: str) -> str:
-    events = DemoProvider(delay=0).stream(chat(prompt))
+async def expected_answer(prompt: str, *earlier: str) -> str:
+    events = DemoProvider(delay=0).stream(chat(prompt, *earlier))
     return "".join([event.text async for event in events if isinstance(event, Answer)])
 
 
@@ -71,31 +76,59 @@ async def read_some(response: aiohttp.ClientResponse, count: int) -> list:
     return events
 
 
-async def one_prompt(session, base: str, n: int, fate: str, rng: random.Random, report: Report):
-    prompt = f"Soak prompt number {n}: " + "word " * rng.randint(0, 30)
-    async with session.post(f"{base}/process_prompt", data={"prompt": prompt}) as response:
+async def one_conversation(
+    session, base: str, n: int, last_fate: str, rng: random.Random, report: Report
+) -> None:
+    earlier: list[str] = []  # the prompts and answers so far, in turn
+    conversation = ""
+    for turn in range(TURNS):
+        fate = last_fate if turn == TURNS - 1 else "read"
+        report.fates[fate] += 1
+        prompt = f"Soak prompt number {n}.{turn}: " + "word " * rng.randint(0, 30)
+        events = await one_prompt(session, base, conversation, prompt, fate, rng)
+        conversation = conversation or events.conversation
+        if events.read is None:
+            return  # left or never opened: the conversation ends here
+        expected = await expected_answer(prompt, *earlier)
+        if answer_of(events.read) == expected and events.read[-1].event == "close":
+            report.exact += 1
+        else:
+            report.wrong.append(f"{fate} #{n}.{turn}: {[e.event for e in events.read][-3:]}")
+            return
+        earlier += [prompt, expected]
+
+
+@dataclass
+class Prompted:
+    conversation: str  # the id of the conversation the prompt is part of
+    read: list | None  # every event, when the fate reads to the end
+
+
+async def one_prompt(
+    session, base: str, conversation: str, prompt: str, fate: str, rng: random.Random
+) -> Prompted:
+    form = {"prompt": prompt, "conversation": conversation}
+    async with session.post(f"{base}/process_prompt", data=form) as response:
         snippet = await response.text()
+        conversation = response.headers.get("HX-Push-Url", conversation).removeprefix("/c/")
     uid = uid_from_snippet(snippet)
     if fate == "abandon":
-        return
+        return Prompted(conversation, None)
     url = f"{base}/response-stream"
     if fate == "read":
         async with session.get(url, params={"uid": uid}) as response:
             events, _ = parse_stream(await response.text())
-    else:
-        response = await session.get(url, params={"uid": uid})
-        events = await read_some(response, rng.randint(1, 30))
-        response.close()  # the connection drops
-        if fate == "leave":
-            return
-        await asyncio.sleep(rng.uniform(0, GRACE_S / 2))
-        headers = {"Last-Event-ID": events[-1].id}
-        async with session.get(url, params={"uid": uid}, headers=headers) as response:
-            events += parse_stream(await response.text())[0]
-    if answer_of(events) == await expected_answer(prompt) and events[-1].event == "close":
-        report.exact += 1
-    else:
-        report.wrong.append(f"{fate} #{n}: {[e.event for e in events][-3:]}")
+        return Prompted(conversation, events)
+    response = await session.get(url, params={"uid": uid})
+    events = await read_some(response, rng.randint(1, 30))
+    response.close()  # the connection drops
+    if fate == "leave":
+        return Prompted(conversation, None)
+    await asyncio.sleep(rng.uniform(0, GRACE_S / 2))
+    headers = {"Last-Event-ID": events[-1].id}
+    async with session.get(url, params={"uid": uid}, headers=headers) as response:
+        events += parse_stream(await response.text())[0]
+    return Prompted(conversation, events)
 
 
 def resident_kb(pid: int) -> int:
@@ -111,8 +144,8 @@ async def soak(
     """Send the prompts through ``base``; what happened, and what the server kept."""
     rng = random.Random(seed)
     report = Report()
-    fates = rng.choices(list(FATES), weights=list(FATES.values()), k=prompts)
-    report.fates.update(fates)
+    conversations = max(1, prompts // TURNS)
+    fates = rng.choices(list(FATES), weights=list(FATES.values()), k=conversations)
     limit = asyncio.Semaphore(concurrency)
     started = time.monotonic()
 
@@ -121,15 +154,15 @@ async def soak(
             try:
                 async with asyncio.timeout(PROMPT_LIMIT_S):
                     rng = random.Random(seed * 100_003 + n)
-                    await one_prompt(session, base, n, fates[n], rng, report)
+                    await one_conversation(session, base, n, fates[n], rng, report)
             except TimeoutError:
                 report.wrong.append(f"{fates[n]} #{n}: no end after {PROMPT_LIMIT_S:.0f} s")
-        if pid and n in (prompts // 10, prompts // 2, prompts - 1):
-            report.memory_kb.append((f"after {n + 1} prompts", resident_kb(pid)))
+        if pid and n in (conversations // 10, conversations // 2, conversations - 1):
+            report.memory_kb.append((f"after {n + 1} conversations", resident_kb(pid)))
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(run(session, n) for n in range(prompts)))
+        await asyncio.gather(*(run(session, n) for n in range(conversations)))
         report.seconds = time.monotonic() - started
         deadline = time.monotonic() + SETTLE_LIMIT_S
         while True:
