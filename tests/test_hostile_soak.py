@@ -2,8 +2,6 @@
 served while slow bodies, silent connections, a pending flood, a reconnect storm and
 a multipart flood attack the server, and the server forgets everything afterwards."""
 
-import pytest
-
 from tests.hostile_soak import (
     ACCEPTABLE_HONEST_REFUSALS,
     MIN_EXACT_SHARE,
@@ -47,7 +45,4 @@ async def test_honest_users_are_served_among_hostile_clients():
     assert hostile["reconnect storm"].outcomes["extra listener refused"] > 0, summary
     assert hostile["reconnect storm"].outcomes["reconnect refused (expired)"] > 0, summary
     assert hostile["multipart"].outcomes["415 not a form"] > 0, summary
-
-    if honest.exact < MIN_EXACT_SHARE * honest.sent:
-        # Every refusal was the server being full (asserted above): the flood's doing.
-        pytest.xfail(f"{FLOOD_FILLS_MAX_STREAMS}: {honest.exact} of {honest.sent} answered")
+    assert honest.exact >= MIN_EXACT_SHARE * honest.sent, summary
