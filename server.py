@@ -410,7 +410,9 @@ class Store:
             elif len(earlier) >= config.max_turns:
                 raise Refusal(409, TOO_MANY_TURNS.format(limit=config.max_turns))
             active = [stream for stream in self._streams.values() if not stream.closed]
-            self.limits.check_room(active, client)
+            for unopened in self.limits.check_room(active, client):
+                self._forget(unopened)
+                unopened.turn.end("expired", None, UNOPENED)
 
             new = conversation is None
             if conversation is None:
@@ -1217,6 +1219,10 @@ RATE_WINDOW_S = 60.0  # prompts_per_minute counts the prompts of the last minute
 # for its stream only this long: the page opens it within milliseconds, and
 # prompts posted and never opened must not lock everyone else out for --uid-ttl.
 PENDING_COUNTS_S = 5.0
+# When everyone's limit is reached, a prompt nobody opened for this long makes
+# room for a new one (its page, if there was one, says it expired): a flood of
+# prompts that are never opened cannot keep others out even for those 5 s.
+GIVE_WAY_S = 0.5
 # Wrong passwords: this many per client are free, then each one more doubles
 # the wait before the next try (1 s, 2 s, 4 s… at most a minute).
 FREE_PASSWORD_TRIES = 5
@@ -1255,13 +1261,15 @@ class Limits:
             )
         recent.append(now)
 
-    def check_room(self, active: list[Stream], client: str) -> None:
-        """Raise a Refusal if one more prompt from ``client`` would pass a stream limit."""
+    def check_room(self, active: list[Stream], client: str) -> list[Stream]:
+        """Raise a Refusal if one more prompt from ``client`` would pass a stream limit.
+
+        Past a limit for everyone, the oldest prompts nobody opened within
+        GIVE_WAY_S make room instead: they are returned, for the caller to forget.
+        """
         config = self.config
         now = time.monotonic()
         pending = [stream for stream in active if stream.producer is None]
-        if len(pending) >= config.max_pending:
-            raise Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER, RETRY)
         waiting = sum(stream.client == client for stream in pending)
         if waiting >= config.max_pending_per_client:
             raise Refusal(
@@ -1274,9 +1282,6 @@ class Limits:
             for stream in active
             if stream.producer is not None or now - stream.created < PENDING_COUNTS_S
         ]
-        if len(counted) >= config.max_streams:
-            raise Refusal(503, "The server is answering as many prompts as it can. " + TRY_LATER,
-                          RETRY)  # fmt: skip
         mine = sum(stream.client == client for stream in counted)
         if mine >= config.max_streams_per_client:
             raise Refusal(
@@ -1284,6 +1289,28 @@ class Limits:
                 f"You already have {mine} answers streaming; wait for one to finish.",
                 RETRY,
             )
+
+        making_room: list[Stream] = []
+
+        def give_way(candidates: list[Stream], refusal: Refusal) -> None:
+            stale = [
+                stream
+                for stream in candidates
+                if stream.producer is None
+                and now - stream.created >= GIVE_WAY_S
+                and stream not in making_room
+            ]
+            if not stale:
+                raise refusal
+            making_room.append(min(stale, key=lambda stream: stream.created))
+
+        if len(pending) >= config.max_pending:
+            give_way(pending, Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER,
+                                      RETRY))  # fmt: skip
+        if sum(stream not in making_room for stream in counted) >= config.max_streams:
+            give_way(counted, Refusal(503, "The server is answering as many prompts as it can. "
+                                      + TRY_LATER, RETRY))  # fmt: skip
+        return making_room
 
     def enter(self, client: str) -> None:
         """A request from ``client`` starts; refused past its connections at once."""

@@ -21,6 +21,7 @@ from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
 from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 from tests.test_access import basic
+from tests.waiting import healthz
 
 BOUND_S = 5.0  # every wait in this file ends by then
 
@@ -111,6 +112,7 @@ async def test_prompts_nobody_opens_stop_counting_after_a_few_seconds(start_app,
     # default --max-streams. They count only for PENDING_COUNTS_S, not for the
     # whole --uid-ttl, so the server is soon open to everyone again.
     monkeypatch.setattr(server, "PENDING_COUNTS_S", 2.0)
+    monkeypatch.setattr(server, "GIVE_WAY_S", 60.0)  # none gives way: the next test's point
     client = await start_app(max_streams=200, max_streams_per_client=4)
     statuses = await asyncio.gather(
         *(post_from(client, f"127.0.1.{n}") for n in range(1, 51) for _ in range(4))
@@ -120,6 +122,21 @@ async def test_prompts_nobody_opens_stop_counting_after_a_few_seconds(start_app,
 
     await asyncio.sleep(2.1)
     assert await post_from(client, "127.0.2.1") == 200
+
+
+async def test_prompts_nobody_opened_make_room_when_the_server_is_full(start_app, monkeypatch):
+    # The same flood, posted again as soon as its prompts stop counting: the
+    # oldest unopened prompt gives way to a new one instead of a 503.
+    monkeypatch.setattr(server, "GIVE_WAY_S", 60.0)  # for now, nobody gives way
+    client = await start_app(max_streams=200, max_streams_per_client=4)
+    flood = [f"127.0.1.{n}" for n in range(1, 51) for _ in range(4)]
+    assert await asyncio.gather(*(post_from(client, address) for address in flood)) == [200] * 200
+    assert await post_from(client, "127.0.2.1") == 503
+
+    # Now they have waited GIVE_WAY_S unopened (and still count, for PENDING_COUNTS_S).
+    monkeypatch.setattr(server, "GIVE_WAY_S", 0.0)
+    assert [await post_from(client, "127.0.2.1") for _ in range(3)] == [200, 200, 200]
+    assert (await healthz(client))["uids_pending"] == 200  # three flood prompts gave way
 
 
 async def test_one_client_can_keep_only_a_few_prompts_waiting(start_app):
