@@ -49,3 +49,21 @@ class ByPrompt:
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
         return self.scripts[request.prompt].stream(request)
+
+
+@dataclass
+class InOrder:
+    """A provider that answers the n-th request with the n-th ScriptedProvider:
+    a prompt answered again (Regenerate, Retry, Edit) gets a different answer."""
+
+    scripts: list[ScriptedProvider]
+    name: str = "in-order"
+    model: str = "scripted-model"
+    calls: int = 0
+
+    async def models(self) -> list[str]:
+        return []
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        self.calls += 1
+        return self.scripts[self.calls - 1].stream(request)

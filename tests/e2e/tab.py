@@ -78,6 +78,13 @@ class Tab:
         await self.prompt_box.fill(prompt)
         await self.send_button.click()
 
+    async def ask(self, prompt: str) -> None:
+        """Submit a prompt and wait until its new turn has ended."""
+        before = await self.turns.count()
+        await self.submit(prompt)
+        await expect(self.turns).to_have_count(before + 1)
+        await self.turn_ended()
+
     async def send_with_enter(self, *lines: str) -> None:
         """Type a prompt key by key, Shift+Enter between ``lines``, then press Enter."""
         await self.prompt_box.click()
@@ -146,7 +153,11 @@ class Tab:
         return element_id.removeprefix("turn-")
 
     async def turn_ended(self) -> None:
-        """Until the latest turn's stream ended (static/app.js marks the turn done)."""
+        """Until the latest turn's stream ended (static/app.js marks the turn done).
+
+        Right after Send, Regenerate or Edit the latest turn may still be the
+        old one, already done: wait for the new turn first (``ask`` does).
+        """
         await expect(self.turn).to_have_class(re.compile(r"\bdone\b"))
 
     async def timeline(self) -> list[dict[str, Any]]:
