@@ -1,8 +1,9 @@
 """What a fast model costs the page: swaps per second in a real Chromium.
 
-The app's page at ``/`` is driven as a person would drive it: the prompt
-(a directive for the fake upstream, bench/protocol.py) is typed into the
-form and Generate is pressed; htmx opens the event stream and swaps each
+The app's page at ``/`` (a new, empty chat) is driven as a person would
+drive it: the prompt (a directive for the fake upstream, bench/protocol.py)
+is typed into the box labelled Prompt and Send is pressed; the prompt becomes
+the conversation's first turn, htmx opens its event stream and swaps each
 ``answer_chunk`` into the answer. A script installed before the page's own
 notes every ``htmx:sseMessage`` (the SSE extension fires one after each
 swap) with its time and event name. Chromium's own counters (the DevTools
@@ -42,7 +43,7 @@ document.addEventListener("htmx:sseMessage", (event) => {
   window.benchSwaps.push([performance.now(), event.detail.type]);
 });
 """
-FINAL_ANSWER = "#response-container .final-container.done"
+FINAL_ANSWER = "#response-container .turn .final-container.done"  # the one turn's
 #: The answer's exact text inside the final answer: the copy kept for the Copy
 #: button when there is one (the shown one may be rendered as Markdown).
 ANSWER_TEXT = """final =>

@@ -12,24 +12,30 @@
 
 window.e2e = { timeline: [], sse: [] };
 
-// The parts of the response a person reads. `.answer-text` is the streaming
+// The parts of the latest turn a person reads. `.answer-text` is the streaming
 // div first; after the final swap it is the final answer's exact text (kept
 // hidden for the Copy button, next to the Markdown rendering).
+const LATEST_TURN = "#response-container > article.turn:last-of-type";
 const WATCHED = {
-  thought: "#response-container .thoughts",
-  answer: "#response-container .answer-text",
-  error: "#response-container [role=alert]",
+  thought: ".thoughts",
+  answer: ".answer-text",
+  error: "[role=alert]",
 };
 
+function find(selector) {
+  const turn = document.querySelector(LATEST_TURN);
+  return turn === null ? null : turn.querySelector(selector);
+}
+
 function textOf(selector) {
-  const element = document.querySelector(selector);
+  const element = find(selector);
   return element === null ? null : element.textContent;
 }
 
 // How the answer looks on screen: innerText follows CSS (white-space, hidden
 // elements), unlike textContent. null while no answer text is visible.
 function answerAsShown() {
-  const element = document.querySelector(WATCHED.answer);
+  const element = find(WATCHED.answer);
   return element !== null && element.checkVisibility() ? element.innerText : null;
 }
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from providers.events import ProviderEvent
+from providers.events import ChatRequest, ProviderEvent
 from tests.conftest import ScriptedProvider
 
 # Longer than the app's pacing (the thought line changes at most every 0.25 s,
@@ -44,5 +44,26 @@ class ByPrompt:
     name: str = "by-prompt"
     model: str = "scripted-model"
 
-    def stream(self, prompt: str) -> AsyncIterator[ProviderEvent]:
-        return self.scripts[prompt].stream(prompt)
+    async def models(self) -> list[str]:
+        return []
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        return self.scripts[request.prompt].stream(request)
+
+
+@dataclass
+class InOrder:
+    """A provider that answers the n-th request with the n-th ScriptedProvider:
+    a prompt answered again (Regenerate, Retry, Edit) gets a different answer."""
+
+    scripts: list[ScriptedProvider]
+    name: str = "in-order"
+    model: str = "scripted-model"
+    calls: int = 0
+
+    async def models(self) -> list[str]:
+        return []
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ProviderEvent]:
+        self.calls += 1
+        return self.scripts[self.calls - 1].stream(request)

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import ConsoleMessage, Dialog, Error, Locator, Page, Request
-
-from tests.snippet import uid_from_snippet
+from playwright.async_api import ConsoleMessage, Dialog, Error, Locator, Page, Request, expect
 
 OBSERVER_SCRIPT = Path(__file__).with_name("observe.js")
 
@@ -25,11 +23,11 @@ OBSERVER_SCRIPT = Path(__file__).with_name("observe.js")
 # (measured with htmx 2.0.11, htmx-ext-sse 2.2.4 and Chromium). Tests allow
 # them by name, only where they are expected.
 #
-# When the server refuses a prompt (422, 413) the page shows our readable
-# message, and Chromium still logs its own "Failed to load resource" line
-# about the status. No page code can silence it.
+# When the server refuses a prompt (422, 413, 409…) the page shows our readable
+# message next to the prompt box, and Chromium still logs its own "Failed to
+# load resource" line about the status. No page code can silence it.
 REFUSAL_STATUS_LINE = re.compile(
-    r"^Failed to load resource: the server responded with a status of (413|422)\b"
+    r"^Failed to load resource: the server responded with a status of (409|413|422|429)\b"
 )
 # An `event: error` from the server is shown correctly, but since `error` is
 # also the name of EventSource's own failure event, it reaches htmx-ext-sse's
@@ -77,34 +75,90 @@ class Tab:
 
     async def submit(self, prompt: str) -> None:
         """Type a prompt into the form and press Send, as a person would."""
-        await self.page.get_by_label("Prompt", exact=True).fill(prompt)
-        await self.page.get_by_role("button", name="Send", exact=True).click()
+        await self.prompt_box.fill(prompt)
+        await self.send_button.click()
+
+    async def ask(self, prompt: str) -> None:
+        """Submit a prompt and wait until its new turn has ended."""
+        before = await self.turns.count()
+        await self.submit(prompt)
+        await expect(self.turns).to_have_count(before + 1)
+        await self.turn_ended()
+
+    async def send_with_enter(self, *lines: str) -> None:
+        """Type a prompt key by key, Shift+Enter between ``lines``, then press Enter."""
+        await self.prompt_box.click()
+        for number, line in enumerate(lines):
+            if number:
+                await self.prompt_box.press("Shift+Enter")
+            await self.prompt_box.press_sequentially(line)
+        await self.prompt_box.press("Enter")
 
     # --- what the person sees ---------------------------------------------------------
 
     @property
+    def prompt_box(self) -> Locator:
+        return self.page.get_by_label("Prompt", exact=True)
+
+    @property
+    def send_button(self) -> Locator:
+        return self.page.get_by_role("button", name="Send", exact=True)
+
+    @property
+    def refusal(self) -> Locator:
+        """A refused prompt's message, next to the prompt box (role=alert)."""
+        return self.page.locator("#prompt-error").get_by_role("alert")
+
+    @property
     def response(self) -> Locator:
+        """The thread: every turn of the conversation."""
         return self.page.locator("#response-container")
+
+    @property
+    def turns(self) -> Locator:
+        return self.response.locator("article.turn")
+
+    @property
+    def turn(self) -> Locator:
+        """The latest turn: what the locators below look in."""
+        return self.turns.last
 
     @property
     def answer(self) -> Locator:
         """The answer text: the streaming div, then the final answer's text."""
-        return self.response.locator(".answer-text")
+        return self.turn.locator(".answer-text")
 
     @property
     def final(self) -> Locator:
-        return self.response.locator(".final-container.done")
+        return self.turn.locator(".final-container.done")
 
     @property
     def alert(self) -> Locator:
-        """The error line of a stream, or a refusal in its place (both role=alert)."""
-        return self.response.get_by_role("alert")
+        """The latest turn's error line (role=alert); refusals are in ``refusal``."""
+        return self.turn.get_by_role("alert")
+
+    @property
+    def status(self) -> Locator:
+        """The latest turn's status line (role=status)."""
+        return self.turn.get_by_role("status")
+
+    @property
+    def stop_button(self) -> Locator:
+        return self.turn.get_by_role("button", name="Stop", exact=True)
 
     async def uid(self) -> str:
-        """The uid of the stream now on the page, from its sse-connect URL."""
-        url = await self.response.locator("[sse-connect]").get_attribute("sse-connect")
-        assert url is not None
-        return uid_from_snippet(url)
+        """The uid of the latest turn, from its element's id (``turn-{uid}``)."""
+        element_id = await self.turn.get_attribute("id")
+        assert element_id is not None and element_id.startswith("turn-"), element_id
+        return element_id.removeprefix("turn-")
+
+    async def turn_ended(self) -> None:
+        """Until the latest turn's stream ended (static/app.js marks the turn done).
+
+        Right after Send, Regenerate or Edit the latest turn may still be the
+        old one, already done: wait for the new turn first (``ask`` does).
+        """
+        await expect(self.turn).to_have_class(re.compile(r"\bdone\b"))
 
     async def timeline(self) -> list[dict[str, Any]]:
         """Each visible state of thought, answer and error line, in order (observe.js)."""

@@ -6,6 +6,8 @@ The page must show such output as the characters it is, and nothing outside
 the answer may change.
 """
 
+import re
+
 import pytest
 from playwright.async_api import expect
 
@@ -26,12 +28,16 @@ HOSTILE = (
     "[click me](javascript:alert(3))"
 )
 
-# The page outside the response area, as HTML: the heading, the notice, the form.
+# The page outside the response area, as HTML: the heading, the notice, the
+# form. But for the form's hidden conversation id: the first prompt sets it on
+# purpose (checked on its own below).
 OUTSIDE_THE_RESPONSE = """() => {
   const body = document.body.cloneNode(true);
   body.querySelector("#response-container").replaceChildren();
+  body.querySelector("#conversation").remove();
   return body.innerHTML;
 }"""
+CONVERSATION_ID = re.compile(r"^c[0-9a-f]{32}$")
 
 
 @pytest.mark.parametrize("ending", ["final-answer", "error"])
@@ -74,5 +80,11 @@ async def test_hostile_model_output_shows_as_text_and_changes_nothing_else(tab, 
     # Outside the response area, not one character changed.
     await expect(tab.page.locator("h1")).to_have_text("Generative AI streaming with HTMX")
     assert await tab.page.evaluate(OUTSIDE_THE_RESPONSE) == outside_before
+    # The one change outside: the conversation's id, where the server put it.
+    await expect(tab.page.locator("input#conversation")).to_have_count(1)
+    cid = await tab.page.locator("#conversation").input_value()
+    assert CONVERSATION_ID.match(cid), cid
+    assert tab.page.url == f"{served.url}c/{cid}"
+    await expect(tab.turns).to_have_count(1)
     await expect(tab.response.locator(".stream")).to_have_count(1)
     assert not tab.problems(SSE_ERROR_EVENT_LINE)

@@ -13,8 +13,9 @@ from playwright.async_api import expect
 
 from providers.events import Answer, Failure
 from tests.conftest import Hang, Pause, ScriptedProvider
+from tests.e2e.app_bugs import REFUSALS_VANISH
 from tests.e2e.scripts import CHUNK_PAUSE_S, NO_RECONNECT_WATCH_S, ByPrompt, paced
-from tests.e2e.tab import SSE_ERROR_EVENT_LINE
+from tests.e2e.tab import REFUSAL_STATUS_LINE, SSE_ERROR_EVENT_LINE
 
 UPSTREAM_GONE = "The model server went away: connection reset by peer."
 GRACE_S = 1.0
@@ -57,39 +58,50 @@ async def test_a_failure_before_any_text_shows_the_error_and_no_empty_answer_box
     assert not tab.problems(SSE_ERROR_EVENT_LINE)
 
 
-@pytest.mark.parametrize("when", ["at-once", "while-the-first-answer-streams"])
-async def test_asking_again_ends_the_first_stream_and_shows_only_the_second_answer(
+@REFUSALS_VANISH
+@pytest.mark.parametrize("when", ["before-its-first-word", "while-the-first-answer-streams"])
+async def test_asking_again_while_an_answer_streams_is_refused_and_both_turns_stay(
     tab, serve_app, when
 ):
-    first = ScriptedProvider([Answer("First answer, "), Hang()])  # would stream forever
-    second = ScriptedProvider([Pause(0.2), Answer("Second answer.")])
-    # A short grace period: this test is about the generation ending, not about
-    # how long the server waits for a browser that might come back.
-    served = await serve_app(ByPrompt({"first": first, "second": second}), grace_period=GRACE_S)
+    """One answer at a time in a conversation: a prompt sent while one streams is
+    refused beside the box with its text kept, the first answer is not cut, and
+    once it ended the same prompt makes a second turn below the first."""
+    first = ScriptedProvider([Pause(0.5), Answer("First answer, "), Pause(1.0), Answer("in full.")])
+    second = ScriptedProvider([Answer("Second answer.")])
+    served = await serve_app(ByPrompt({"first": first, "second": second}))
     await tab.open(served.url)
 
     await tab.submit("first")
+    await expect(tab.turns).to_have_count(1)  # taken: the conversation exists
     if when == "while-the-first-answer-streams":
         await expect(tab.answer).to_have_text("First answer, ")
     await tab.submit("second")
-    await expect(tab.final.locator(".answer-text")).to_have_text("Second answer.")
 
-    # Only the second answer is on the page, in one stream area.
-    await expect(tab.response.locator(".stream")).to_have_count(1)
-    await expect(tab.response).not_to_contain_text("First answer")
-    if when == "while-the-first-answer-streams":
-        # htmx closed the first stream when its element was replaced...
-        closes = [e["type"] for e in await tab.sse_events() if e["name"] == "htmx:sseClose"]
-        assert "nodeReplaced" in closes
-        assert first.started == 1
-    # ...and the server ended that generation: it is not left running. (At once,
-    # the first stream may be replaced before it ever reached the server.)
-    if first.started:
-        await asyncio.wait_for(first.closed.wait(), timeout=GRACE_S + 2.0)
-    assert second.started == 1
-    # Each stream was asked for once: the first one was not reopened.
-    assert len(served.stream_requests()) == first.started + second.started
-    assert not tab.problems()
+    await expect(tab.refusal).to_have_text(
+        "An answer is still being written in this conversation. Wait for it, or stop it (Esc)."
+    )
+    await expect(tab.prompt_box).to_have_value("second")  # kept, to send later
+    # The first answer goes on to its end, untouched.
+    await expect(tab.final.locator(".answer-text")).to_have_text("First answer, in full.")
+    await tab.turn_ended()
+    await expect(tab.turns).to_have_count(1)
+    assert second.started == 0
+
+    await tab.send_button.click()  # the kept prompt, now that the first answer ended
+    await expect(tab.turns).to_have_count(2)
+    await expect(tab.final.locator(".answer-text")).to_have_text("Second answer.")
+    await expect(tab.refusal).to_have_count(0)
+    # Both turns stay, in order, each with its own answer.
+    await expect(tab.turns.locator(".prompt-text")).to_have_text(["first", "second"])
+    await expect(tab.turns.locator(".final-container.done .answer-text")).to_have_text(
+        ["First answer, in full.", "Second answer."]
+    )
+    # Each stream was asked for once, and neither was cut or reopened.
+    assert (first.started, second.started) == (1, 1)
+    assert len(served.stream_requests()) == 2
+    closes = [e["type"] for e in await tab.sse_events() if e["name"] == "htmx:sseClose"]
+    assert closes == ["message", "message"]
+    assert not tab.problems(REFUSAL_STATUS_LINE)
 
 
 async def test_stop_ends_the_generation_and_keeps_the_answer_so_far(tab, serve_app):

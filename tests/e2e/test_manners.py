@@ -107,9 +107,11 @@ async def test_a_new_prompt_is_followed_even_after_scrolling_up(tab, serve_app):
     await tab.open(served.url)
     await tab.submit("first")
     await expect(tab.final).to_contain_text("Line 59 ")
+    await tab.turn_ended()  # one answer at a time: the next prompt waits for this one
 
-    await tab.page.evaluate("window.scrollTo(0, 0)")  # back up to the form
+    await tab.page.evaluate("window.scrollTo(0, 0)")  # back up, to read the first answer
     await tab.submit("second")
+    await expect(tab.turns).to_have_count(2)
     await expect(tab.answer).to_contain_text("Again 40 ")
     assert await scroll_gap(tab) < 80
 
