@@ -570,6 +570,7 @@ async def render_page(request: web.Request, conversation: Conversation | None) -
             "recent": recent,
             "choices": await page_choices(app, conversation),
             "max_prompt_chars": config.max_prompt_chars,
+            "max_system_prompt_chars": config.max_system_prompt_chars,
         },
     )
 
@@ -636,10 +637,14 @@ async def read_prompt(request: web.Request) -> PromptForm:
         raise Refusal(404, CONVERSATION_GONE)
     if not prompt.strip() and not replace:
         raise Refusal(422, "Please type a prompt first.")
-    for name, text in [("prompt", prompt), ("system prompt", fields.get("system_prompt", ""))]:
-        if len(text) > limit:
+    limits = [
+        ("prompt", prompt, limit),
+        ("system prompt", fields.get("system_prompt", ""), config.max_system_prompt_chars),
+    ]
+    for name, text, most in limits:
+        if len(text) > most:
             raise Refusal(
-                413, f"The {name} is {len(text):,} characters long; the limit is {limit:,}."
+                413, f"The {name} is {len(text):,} characters long; the limit is {most:,}."
             )
     system_prompt = fields.get("system_prompt")
     return PromptForm(
@@ -1942,6 +1947,10 @@ class Config:
     max_prompt_chars: int = setting(
         8000, "longest prompt accepted, in characters", group=LIMITS, convert=positive(int)
     )
+    max_system_prompt_chars: int = setting(
+        4000, "longest system prompt a conversation may set, in characters",
+        group=LIMITS, convert=positive(int),
+    )  # fmt: skip
     max_body_bytes: int = setting(
         64 * 1024, "largest POST body accepted, in bytes", group=LIMITS, convert=positive(int)
     )

@@ -120,7 +120,9 @@ document.addEventListener("keydown", (event) => {
 // A prompt the server took: the box empties, ready for the next one. A refused
 // one keeps its text, and the refusal shows beside it (the server retargets it).
 document.addEventListener("htmx:afterRequest", (event) => {
-  if (!event.detail.successful || event.detail.elt.matches(".stop")) {
+  // Not `successful`: htmx counts a refusal it swaps in (422, 409…) as one.
+  const status = event.detail.xhr?.status ?? 0;
+  if (status < 200 || status > 299 || event.detail.elt.matches(".stop")) {
     return;
   }
   const box = promptBox();

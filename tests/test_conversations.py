@@ -322,9 +322,10 @@ async def test_conversation_ids_never_reach_the_access_log(start_app, caplog):
         ({"temperature": "warm"}, 422, "The temperature must be a number from 0 to 2."),
         ({"model": "gpt-99"}, 422, "does not offer a model called"),
         ({"prompt": ""}, 422, "Please type a prompt first."),
+        ({"system_prompt": "x" * 4001}, 413, "The system prompt is 4,001 characters long"),
     ],
     ids=["forged-id", "unknown-id", "edit-not-last", "too-hot", "not-a-number",
-         "unlisted-model", "empty"],
+         "unlisted-model", "empty", "long-system-prompt"],
 )  # fmt: skip
 async def test_a_refused_prompt_leaves_the_thread_as_it_was(start_app, fields, status, message):
     provider = ScriptedProvider([Answer("The answer.")], listed=["small", "large"])

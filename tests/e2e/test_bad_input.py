@@ -10,7 +10,6 @@ from playwright.async_api import expect
 
 from providers.events import Answer
 from tests.conftest import ScriptedProvider
-from tests.e2e.app_bugs import REFUSALS_VANISH
 from tests.e2e.tab import REFUSAL_STATUS_LINE
 
 # Longer than the default system prompt, which the page sends with every
@@ -22,7 +21,6 @@ LIMIT = 80
 LIFT_MAXLENGTH = "box => box.removeAttribute('maxlength')"
 
 
-@REFUSALS_VANISH
 async def test_empty_and_too_long_prompts_are_refused_readably_then_a_good_one_streams(
     tab, serve_app
 ):

@@ -18,7 +18,6 @@ import tests.fake_upstream as upstream
 from providers.events import Answer, Failure
 from providers.openai import OpenAISettings
 from tests.conftest import Hang, Pause, ScriptedProvider
-from tests.e2e.app_bugs import REFUSALS_VANISH
 from tests.e2e.scripts import ByPrompt, InOrder, paced
 from tests.e2e.tab import REFUSAL_STATUS_LINE, SSE_ERROR_EVENT_LINE, Tab
 
@@ -171,7 +170,6 @@ THREAD_AS_HTML = """thread => {
 }"""
 
 
-@REFUSALS_VANISH
 async def test_a_refused_prompt_leaves_the_thread_and_keeps_the_typed_text(tab, serve_app):
     # Two prompts a minute: the first, then the empty one (every POST counts).
     served = await serve_app(ScriptedProvider([Answer("The one answer.")]), prompts_per_minute=2)

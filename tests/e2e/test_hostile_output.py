@@ -29,12 +29,13 @@ HOSTILE = (
 )
 
 # The page outside the response area, as HTML: the heading, the notice, the
-# form. But for the form's hidden conversation id: the first prompt sets it on
-# purpose (checked on its own below).
+# form. But for the form's hidden conversation id and the export link: the first
+# prompt sets them on purpose (checked on their own below).
 OUTSIDE_THE_RESPONSE = """() => {
   const body = document.body.cloneNode(true);
   body.querySelector("#response-container").replaceChildren();
   body.querySelector("#conversation").remove();
+  body.querySelector("#export").remove();
   return body.innerHTML;
 }"""
 CONVERSATION_ID = re.compile(r"^c[0-9a-f]{32}$")
@@ -85,6 +86,7 @@ async def test_hostile_model_output_shows_as_text_and_changes_nothing_else(tab, 
     cid = await tab.page.locator("#conversation").input_value()
     assert CONVERSATION_ID.match(cid), cid
     assert tab.page.url == f"{served.url}c/{cid}"
+    await expect(tab.page.locator("#export")).to_have_attribute("href", f"/c/{cid}/export")
     await expect(tab.turns).to_have_count(1)
     await expect(tab.response.locator(".stream")).to_have_count(1)
     assert not tab.problems(SSE_ERROR_EVENT_LINE)

@@ -13,7 +13,6 @@ from playwright.async_api import expect
 
 from providers.events import Answer, Failure
 from tests.conftest import Hang, Pause, ScriptedProvider
-from tests.e2e.app_bugs import REFUSALS_VANISH
 from tests.e2e.scripts import CHUNK_PAUSE_S, NO_RECONNECT_WATCH_S, ByPrompt, paced
 from tests.e2e.tab import REFUSAL_STATUS_LINE, SSE_ERROR_EVENT_LINE
 
@@ -58,7 +57,6 @@ async def test_a_failure_before_any_text_shows_the_error_and_no_empty_answer_box
     assert not tab.problems(SSE_ERROR_EVENT_LINE)
 
 
-@REFUSALS_VANISH
 @pytest.mark.parametrize("when", ["before-its-first-word", "while-the-first-answer-streams"])
 async def test_asking_again_while_an_answer_streams_is_refused_and_both_turns_stay(
     tab, serve_app, when
