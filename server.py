@@ -35,9 +35,10 @@ Reading this file
     From the top down to the banner, the code follows a prompt's path: SSE
     framing, the five events, the stream log and the store, the page and the
     bridge, producing, listening, the app. Below the banner is what keeps a
-    public server safe and fast: limits, pacing, slow clients, access, security
-    headers, Markdown, the vendored htmx, health, shutdown, configuration, the
-    garbage collector and ``main``. Safe to skip on a first reading.
+    public server safe and fast: limits, a conversation's settings, export,
+    pacing, slow clients, open files, access, security headers, Markdown, the
+    vendored htmx, health, shutdown, configuration, the garbage collector and
+    ``main``. Safe to skip on a first reading.
 """
 
 from __future__ import annotations
@@ -128,9 +129,7 @@ NODE_MODULES = HERE / "node_modules"
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")
 PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
-VENDOR: web.AppKey[dict[str, str]] = web.AppKey("vendor")  # script file name -> its URL
-SECURITY_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("security_headers")
-HOSTS: web.AppKey[frozenset[str]] = web.AppKey("hosts")  # the host names it answers to
+# (Below the banner, three more keys: VENDOR, SECURITY_HEADERS and HOSTS.)
 
 
 # --- SSE framing --------------------------------------------------------------------------
@@ -234,7 +233,7 @@ class Refusal(Exception):
 
 
 #: Refusals after which the connection is closed: a body that never finished
-#: arriving, or a client past its connections at once.
+#: arriving, or a client past its requests at once.
 CLOSING_STATUSES = frozenset({408, 429})
 
 
@@ -409,8 +408,7 @@ class Store:
                 earlier = earlier[:-1]
             elif len(earlier) >= config.max_turns:
                 raise Refusal(409, TOO_MANY_TURNS.format(limit=config.max_turns))
-            active = [stream for stream in self._streams.values() if not stream.closed]
-            for unopened in self.limits.check_room(active, client):
+            for unopened in self.limits.check_room(self.active(), client):
                 self._forget(unopened)
                 unopened.turn.end("expired", None, UNOPENED)
 
@@ -432,6 +430,10 @@ class Store:
     def stream(self, uid: str) -> Stream | None:
         return self._streams.get(uid)
 
+    def active(self) -> list[Stream]:
+        """The streams that have not ended: waiting to be opened, or generating."""
+        return [stream for stream in self._streams.values() if not stream.closed]
+
     def claim(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
         """A listener joins: the stream and the event id to write from, or NotClaimable.
 
@@ -442,6 +444,11 @@ class Store:
         if stream is None or self._expired(stream) or self._resume_too_late(stream):
             raise NotClaimable(UNKNOWN_UID)
         if stream.producer is None:
+            late = self.limits.started_late(self.active(), stream)
+            if late is not None:  # it stopped counting while unopened, and there is no room now
+                self._forget(stream)
+                stream.turn.end("refused", None, late)
+                raise NotClaimable(late)
             position = 0
         elif last_event_id is not None and 0 <= last_event_id <= len(stream.frames):
             position = last_event_id  # the browser came back: resume after its last event
@@ -1070,20 +1077,20 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+MAX_ID_DIGITS = 18  # ids are counts of events: a longer number is no id of ours
+
+
 def last_event_id(request: web.Request) -> int | None:
     """The id of the last event the browser got, when it reconnects by itself; else
     the last one a page rendered mid-stream showed (``?after=``)."""
     header = request.headers.get("Last-Event-ID")
     text = header if header is not None else request.query.get("after", "")
-    # Ids are small: a longer text is no id of ours (and int() of 4,300 digits raises).
+    # int() of a 4,300-digit text raises: a text that long is refused before.
     if not (text.isdecimal() and len(text) <= MAX_ID_DIGITS):
         return None
     event_id = int(text)
     # Ids start at 1; `after=0` is a page rendered before the first event.
     return event_id if event_id or header is None else None
-
-
-MAX_ID_DIGITS = 18
 
 
 async def listen(
@@ -1211,9 +1218,10 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
 
 # ==========================================================================================
 #  The lesson ends here: above, a prompt's path from the form to `close`.
-#  Below, what keeps a public server safe and fast: limits, pacing, slow clients, access,
-#  security headers, Markdown, the vendored htmx, health, shutdown, configuration, the
-#  garbage collector and `main`. Safe to skip on a first reading.
+#  Below, what keeps a public server safe and fast: limits, a conversation's settings,
+#  export, pacing, slow clients, open files, access, security headers, Markdown, the
+#  vendored htmx, health, shutdown, configuration, the garbage collector and `main`.
+#  Safe to skip on a first reading.
 # ==========================================================================================
 
 
@@ -1234,6 +1242,9 @@ FREE_PASSWORD_TRIES = 5
 MAX_PASSWORD_WAIT_S = 60.0
 PASSWORD_MEMORY_S = 600.0  # a client's wrong tries are forgotten after this long
 TRY_LATER = "Please try again in a few seconds."
+SERVER_FULL = "The server is answering as many prompts as it can. " + TRY_LATER
+TOO_MANY_WAITING = "Too many prompts are waiting right now. " + TRY_LATER
+MINE_STREAMING = "You already have {count} answers streaming; wait for one to finish."
 RETRY = {"Retry-After": "5"}
 
 
@@ -1282,18 +1293,10 @@ class Limits:
                 f"You have {waiting} prompts waiting for their answer to be opened. " + TRY_LATER,
                 RETRY,
             )
-        counted = [
-            stream
-            for stream in active
-            if stream.producer is not None or now - stream.created < PENDING_COUNTS_S
-        ]
+        counted = self.counted(active, now)
         mine = sum(stream.client == client for stream in counted)
         if mine >= config.max_streams_per_client:
-            raise Refusal(
-                429,
-                f"You already have {mine} answers streaming; wait for one to finish.",
-                RETRY,
-            )
+            raise Refusal(429, MINE_STREAMING.format(count=mine), RETRY)
 
         making_room: list[Stream] = []
 
@@ -1310,17 +1313,39 @@ class Limits:
             making_room.append(min(stale, key=lambda stream: stream.created))
 
         if len(pending) >= config.max_pending:
-            give_way(pending, Refusal(503, "Too many prompts are waiting right now. " + TRY_LATER,
-                                      RETRY))  # fmt: skip
+            give_way(pending, Refusal(503, TOO_MANY_WAITING, RETRY))
         if sum(stream not in making_room for stream in counted) >= config.max_streams:
-            give_way(counted, Refusal(503, "The server is answering as many prompts as it can. "
-                                      + TRY_LATER, RETRY))  # fmt: skip
+            give_way(counted, Refusal(503, SERVER_FULL, RETRY))
         return making_room
 
+    @staticmethod
+    def counted(active: list[Stream], now: float) -> list[Stream]:
+        """The streams that count against the stream limits: generating, or posted
+        within PENDING_COUNTS_S and not opened yet."""
+        return [
+            stream
+            for stream in active
+            if stream.producer is not None or now - stream.created < PENDING_COUNTS_S
+        ]
+
+    def started_late(self, active: list[Stream], stream: Stream) -> str | None:
+        """A prompt opened after it stopped counting counts again from now on: why it
+        may not start, if that would pass a stream limit; else None."""
+        now = time.monotonic()
+        if now - stream.created < PENDING_COUNTS_S:
+            return None  # it has counted all along
+        counted = [other for other in self.counted(active, now) if other is not stream]
+        if len(counted) >= self.config.max_streams:
+            return SERVER_FULL
+        mine = sum(other.client == stream.client for other in counted)
+        if mine >= self.config.max_streams_per_client:
+            return MINE_STREAMING.format(count=mine)
+        return None
+
     def enter(self, client: str) -> None:
-        """A request from ``client`` starts; refused past its connections at once."""
+        """A request from ``client`` starts; refused past its requests at once."""
         in_flight = self._in_flight.get(client, 0)
-        if in_flight >= self.config.max_connections_per_client:
+        if in_flight >= self.config.max_requests_per_client:
             raise Refusal(
                 429, f"Your address has {in_flight} requests open here already. " + TRY_LATER, RETRY
             )
@@ -1550,6 +1575,7 @@ async def write(
 # --- open files ----------------------------------------------------------------------------
 
 ACCEPT_ERROR_LOG_INTERVAL_S = 60.0
+OPEN_FILES_WHEN_UNLIMITED = 65_536  # a soft limit to ask for when the hard one has none
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -1557,10 +1583,11 @@ def raise_open_file_limit() -> tuple[int, int]:
     stream holds two sockets, and Linux's usual soft limit is 1,024. Returns
     the limit before and after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft >= hard:
-        return soft, soft
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return soft, hard
+    target = OPEN_FILES_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    return soft, soft
 
 
 async def quiet_accept_errors(app: web.Application) -> None:
@@ -1593,6 +1620,7 @@ async def quiet_accept_errors(app: web.Application) -> None:
 
 # --- access: who may use the app ----------------------------------------------------------
 
+HOSTS: web.AppKey[frozenset[str]] = web.AppKey("hosts")  # the host names it answers to
 OPEN_PATHS = frozenset({"/healthz"})  # for health checks, which carry no password
 REALM = 'Basic realm="HTMX AI Stream", charset="UTF-8"'
 UNKNOWN_HOST = (
@@ -1733,7 +1761,9 @@ def cross_site(request: web.Request) -> bool:
         return True
 
 
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, line and paragraph separators, and the bidirectional
+# overrides that can make a log line read backwards.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
@@ -1747,11 +1777,11 @@ class AccessLogger(web.AbstractAccessLogger):
     carries its uid, and a log line must not hand anyone the answer) or a
     conversation's id, and with every value made printable."""
 
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         path = _CONVERSATION_ID.sub("/c/…", request.path)  # an id is a capability too
         self.logger.info(
             '%s "%s %s" %s %.3fs', printable(request.remote or "-"), printable(request.method),
-            printable(path), response.status, time,
+            printable(path), response.status, elapsed,
         )  # fmt: skip
 
 
@@ -1759,6 +1789,9 @@ _CONVERSATION_ID = re.compile(r"^/c/[^/]*")
 
 
 # --- security headers ---------------------------------------------------------------------
+
+
+SECURITY_HEADERS: web.AppKey[dict[str, str]] = web.AppKey("security_headers")
 
 
 def security_headers_for(script_urls: Mapping[str, str]) -> dict[str, str]:
@@ -1834,6 +1867,9 @@ def markdown_filter(markdown: MarkdownIt) -> Callable[[str], Markup]:
 
 
 # --- htmx, served from node_modules or a CDN ----------------------------------------------
+
+
+VENDOR: web.AppKey[dict[str, str]] = web.AppKey("vendor")  # script file name -> its URL
 
 
 @dataclass(frozen=True)
@@ -1972,7 +2008,7 @@ class Config:
         8, "prompts one client IP may have waiting for their stream",
         group=LIMITS, convert=positive(int),
     )  # fmt: skip
-    max_connections_per_client: int = setting(
+    max_requests_per_client: int = setting(
         24, "requests one client IP may have in flight at once (an open stream is one)",
         group=LIMITS, convert=positive(int),
     )  # fmt: skip

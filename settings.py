@@ -186,7 +186,12 @@ def build_parser(*classes: type, prog: str, description: str, epilog: str) -> Pa
 
 
 def shown(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A default as --help shows it."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value in ((), None, ""):
+        return "none"
+    return str(value)
 
 
 def metavar(field: dataclasses.Field[Any], declaration: Setting) -> str | None:

@@ -64,7 +64,7 @@ APP_FLAGS = [
     # the load comes from one address.
     "--max-streams", "1000000", "--max-streams-per-client", "999999",
     "--prompts-per-minute", "1000000000", "--max-pending", "1000000",
-    "--max-pending-per-client", "999999", "--max-connections-per-client", "1000000",
+    "--max-pending-per-client", "999999", "--max-requests-per-client", "1000000",
     "--grace-period", "0", "--reasoning-hold", "0",
 ]  # fmt: skip
 DEFAULT_WINDOW = None  # the app's own --answer-window default

@@ -51,7 +51,7 @@ async def main() -> int:
         "--demo-delay", "0.002", "--grace-period", str(GRACE_S), "--uid-ttl", str(UID_TTL_S),
         "--max-streams", "100000", "--max-streams-per-client", "99999",
         "--prompts-per-minute", "1000000", "--max-pending", "100000",
-        "--max-pending-per-client", "99999", "--max-connections-per-client", "100000",
+        "--max-pending-per-client", "99999", "--max-requests-per-client", "100000",
         "--max-conversations", str(args.max_conversations),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

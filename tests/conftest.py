@@ -84,7 +84,7 @@ TEST_DEFAULTS = {
     "grace_period": 0.0,
     "max_streams_per_client": 1000,
     "max_pending_per_client": 1000,
-    "max_connections_per_client": 10_000,
+    "max_requests_per_client": 10_000,
     "prompts_per_minute": 1000,
 }
 

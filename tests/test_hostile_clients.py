@@ -17,7 +17,9 @@ import pytest
 
 import server
 from providers.events import Answer
+from providers.openai import OpenAISettings
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
+from tests.fake_upstream import DONE, chunk
 from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 from tests.test_access import basic
@@ -73,7 +75,7 @@ async def test_a_body_that_never_ends_is_refused_and_its_connection_closed(start
 
 
 async def test_one_client_cannot_hold_more_than_its_requests_at_once(start_app):
-    client = await start_app(request_timeout=2, max_connections_per_client=3)
+    client = await start_app(request_timeout=2, max_requests_per_client=3)
     slow = []
     for _ in range(3):  # three bodies that never end: three requests in flight
         reader, writer = await raw_connection(client)
@@ -139,6 +141,31 @@ async def test_prompts_nobody_opened_make_room_when_the_server_is_full(start_app
     assert (await healthz(client))["uids_pending"] == 200  # three flood prompts gave way
 
 
+async def test_a_prompt_opened_late_counts_again_when_it_starts(start_app, monkeypatch):
+    # Two prompts wait unopened until they stop counting; two more are posted;
+    # then all four are opened at once. Only as many may generate as the limit.
+    monkeypatch.setattr(server, "PENDING_COUNTS_S", 0.3)
+    provider = ScriptedProvider([Answer("x"), Hang()])
+    client = await start_app(provider=provider, max_streams=10, max_streams_per_client=2)
+    early = [await post_prompt(client) for _ in range(2)]
+    await asyncio.sleep(0.4)
+    later = [await post_prompt(client) for _ in range(2)]
+
+    first_events, responses = [], []
+    for uid in later + early:  # each stays open, listening
+        response = await client.get("/response-stream", params={"uid": uid})
+        async with asyncio.timeout(BOUND_S):
+            await response.content.readuntil(b"event: ")
+            frame = await response.content.readuntil(b"\n\n")
+        first_events.append(parse_stream("event: " + frame.decode())[0][0])
+        responses.append(response)
+    assert [event.event for event in first_events] == ["thought", "thought", "error", "error"]
+    assert "You already have 2 answers streaming" in first_events[-1].data
+    assert (await healthz(client))["streams_in_flight"] == 2
+    for response in responses:
+        response.close()
+
+
 async def test_one_client_can_keep_only_a_few_prompts_waiting(start_app):
     client = await start_app(max_pending_per_client=3)
     statuses = [await post_from(client, "127.0.3.1") for _ in range(4)]
@@ -153,6 +180,19 @@ async def test_x_forwarded_for_counts_only_when_it_is_an_address(start_app):
             "/process_prompt", data={"prompt": "hi"}, headers={"X-Forwarded-For": value}
         )
         assert response.status == status, value  # the first two are the proxy's own address
+
+
+async def test_only_the_last_x_forwarded_for_entry_is_the_client(start_app):
+    # A proxy appends the address it saw; whatever comes before is the client's
+    # own say, and must not let it pose as another client.
+    client = await start_app(trust_proxy=True, prompts_per_minute=1)
+    for forwarded, status in [("203.0.113.9, 198.51.100.1", 200),
+                              ("203.0.113.10, 198.51.100.1", 429),
+                              ("198.51.100.1, 203.0.113.9", 200)]:  # fmt: skip
+        response = await client.post(
+            "/process_prompt", data={"prompt": "hi"}, headers={"X-Forwarded-For": forwarded}
+        )
+        assert response.status == status, forwarded
 
 
 # --- 3. bodies that cost more than they carry ---------------------------------------------
@@ -285,6 +325,22 @@ async def test_a_utf7_prompt_with_a_lone_surrogate_is_replaced(start_app):
     assert "\ufffd" in events[-2].data
 
 
+async def test_a_lone_surrogate_in_the_prompt_never_reaches_the_model_server(
+    start_app, fake_upstream
+):
+    fake_upstream.reply([chunk(content="ok"), chunk(finish_reason="stop"), DONE])
+    openai = OpenAISettings(base_url=fake_upstream.base_url, model="m")
+    client = await start_app("openai", openai=openai)
+    response = await client.post(
+        "/process_prompt",
+        data=b"prompt=%2B2NgAAA-",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-7"},
+    )
+    await read_stream(client, uid_from_snippet(await response.text()))
+    sent = fake_upstream.requests[0].json["messages"][-1]["content"]
+    assert sent == "\ufffd\x00"  # UTF-7's "2NgAAA": a lone high surrogate, then U+0000
+
+
 # --- 9. listeners of one stream ---------------------------------------------------------------
 
 
@@ -300,7 +356,8 @@ async def test_one_stream_has_at_most_a_few_listeners(start_app):
         open_ones.append(response)
 
     extra = await client.get("/response-stream", params={"uid": uid}, headers=resume)
-    events, _ = parse_stream(await extra.text())
+    async with asyncio.timeout(BOUND_S):  # refused at once, not one more listener held open
+        events, _ = parse_stream(await extra.text())
     assert [event.event for event in events] == ["error", "close"]
     for response in open_ones:
         response.close()
