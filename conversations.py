@@ -222,7 +222,9 @@ def export_markdown(conversation: Conversation) -> str:
         "",
     ]
     for turn in conversation.turns:
-        lines += [f"## You, {_when(turn.created)}", "", turn.prompt, ""]
+        # The prompt as a quote: its own "## …" lines cannot pass for the export's.
+        quoted = "\n".join("> " + line for line in turn.prompt.split("\n"))
+        lines += [f"## You, {_when(turn.created)}", "", quoted, ""]
         model = turn.extras.get("model") or turn.settings.model or "the model"
         if not turn.done:
             lines += [f"## {model}", "", turn.answer, "", "*(still being written)*", ""]

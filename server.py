@@ -4,13 +4,16 @@ Run it with ``python server.py`` (``--help`` lists every option). With no
 configuration it answers from the offline demo provider.
 
 Routes
-    GET  /                      the page: a prompt form that posts with htmx
-    POST /process_prompt        the bridge: stores the prompt under a new uid and
-                                returns the snippet that opens the event stream
+    GET  /                      a new chat: a prompt form that posts with htmx
+    GET  /c/{id}                a conversation's own page: its whole thread
+    GET  /c/{id}/export         the conversation as a Markdown file
+    POST /process_prompt        the bridge: stores the prompt as a turn under a new
+                                uid and returns the snippet that opens its stream
     GET  /response-stream?uid=  the event stream for that uid (text/event-stream)
     POST /stop?uid=             the Stop button: the answer so far becomes final
     GET  /healthz               JSON: status, provider, streams in flight, uids
-                                pending, listeners, streams kept (for a resume)
+                                pending, listeners, streams kept (for a resume),
+                                conversations kept
     GET  /static/…, /vendor/…   our CSS and JS; htmx itself when installed with npm
 
 Events on /response-stream, each with an ``id:``, in this order:
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import gc
 import hashlib
@@ -247,7 +251,7 @@ UNKNOWN_UID = (
 )
 CONVERSATION_GONE = (
     "This conversation has expired or was removed to make room: the server keeps "
-    "conversations for a while only. Please start a new chat."
+    "conversations for a while only. Send again to start a new chat with this prompt."
 )
 STILL_STREAMING = (
     "An answer is still being written in this conversation. Wait for it, or stop it (Esc)."
@@ -345,7 +349,8 @@ class Stream:
 
 
 class Store:
-    """Every stream, by uid, from the POST that makes it until it is over.
+    """Every stream, by uid, from the POST that makes it until it is over; and
+    every conversation (conversations.py), whose turns keep the answers.
 
     A stream is *pending* until its first GET claims it and starts the
     producer. A second GET is refused unless it resumes (``Last-Event-ID``).
@@ -399,6 +404,7 @@ class Store:
                 conversation = self.conversations.get(form.conversation)
                 if conversation is None:
                     raise Refusal(404, CONVERSATION_GONE)
+                self._let_go_of_unopened(conversation)
                 if conversation.streaming:
                     raise Refusal(409, STILL_STREAMING)
             earlier = conversation.turns if conversation is not None else []
@@ -415,7 +421,7 @@ class Store:
             new = conversation is None
             if conversation is None:
                 conversation = self.conversations.new(settings)
-            prompt = form.prompt or conversation.turns[-1].prompt  # none: the same again
+            prompt = conversation.turns[-1].prompt if form.again else form.prompt
             messages, left_out = history(
                 earlier, settings.system_prompt, prompt, config.history_chars
             )
@@ -429,6 +435,24 @@ class Store:
 
     def stream(self, uid: str) -> Stream | None:
         return self._streams.get(uid)
+
+    def settings_of(self, cid: str) -> ChatSettings | None:
+        """The settings a conversation asks with, if it is known."""
+        conversation = self.conversations.peek(cid)
+        return conversation.settings if conversation is not None else None
+
+    def _let_go_of_unopened(self, conversation: Conversation) -> None:
+        # A turn whose page never opened its stream (closed at once, the network
+        # gone) would hold its conversation for --uid-ttl: it gives way instead.
+        for turn in conversation.turns:
+            stream = self._streams.get(turn.uid)
+            if (
+                stream is not None
+                and stream.producer is None
+                and time.monotonic() - stream.created >= GIVE_WAY_S
+            ):
+                self._forget(stream)
+                stream.turn.end("expired", None, UNOPENED)
 
     def active(self) -> list[Stream]:
         """The streams that have not ended: waiting to be opened, or generating."""
@@ -472,10 +496,12 @@ class Store:
                 self._wait_for_return(stream)
 
     async def finished(self, stream: Stream) -> None:
-        """The producer is done; with nobody listening, keep the log a while for a resume."""
+        """The producer is done; with nobody listening, keep the log a while for a resume.
+        Its turn now holds the answer: past their bounds, conversations make room."""
         async with self.lock:
             if self._streams.get(stream.uid) is stream and stream.listeners == 0:
                 self._wait_for_return(stream)
+            self.conversations.make_room()
 
     def _wait_for_return(self, stream: Stream) -> None:
         # Nobody listens. Give the browser `grace` seconds to reconnect, then
@@ -564,7 +590,7 @@ async def render_page(request: web.Request, conversation: Conversation | None) -
         for cid in recent_ids(request.cookies.get(RECENT_COOKIE))
         if (found := conversations.peek(cid)) is not None and found.turns
     ]
-    return aiohttp_jinja2.render_template(
+    response = aiohttp_jinja2.render_template(
         "index.html",
         request,
         {
@@ -580,6 +606,9 @@ async def render_page(request: web.Request, conversation: Conversation | None) -
             "max_system_prompt_chars": config.max_system_prompt_chars,
         },
     )
+    # Never from a cache (Back after a link included): the thread as it is now.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def process_prompt(request: web.Request) -> web.Response:
@@ -590,7 +619,7 @@ async def process_prompt(request: web.Request) -> web.Response:
     try:
         store.limits.count_prompt(client)  # first: reading the body is work
         form = await read_prompt(request)
-        settings = await chat_settings(request.app, form)
+        settings = await chat_settings(request.app, form, store.settings_of(form.conversation))
         conversation, turn, new = await store.add_turn(form, settings, client)
     except Refusal as refusal:
         return refuse(request, refusal)
@@ -612,12 +641,14 @@ async def process_prompt(request: web.Request) -> web.Response:
 class PromptForm:
     """What the page's form sends: the prompt, and which conversation it is part of."""
 
-    prompt: str  # empty only to answer the last prompt again (with `replace`)
+    prompt: str  # empty only to answer the last prompt again (`again`)
     conversation: str  # its id; empty for a new conversation
     replace: str  # the uid of the last turn, to edit it or answer it again; or empty
-    model: str
-    system_prompt: str | None  # None: not sent (the page always sends it)
-    temperature: str
+    again: bool  # Regenerate or Retry: the replaced turn's prompt, answered again
+    # The settings, each None when not sent: then the conversation's own.
+    model: str | None
+    system_prompt: str | None
+    temperature: str | None
 
 
 async def read_prompt(request: web.Request) -> PromptForm:
@@ -640,9 +671,10 @@ async def read_prompt(request: web.Request) -> PromptForm:
     fields = {name: value for name, value in form.items() if isinstance(value, str)}
     prompt = valid_unicode(fields.get("prompt", ""))
     conversation, replace = fields.get("conversation", ""), fields.get("replace", "")
+    again = bool(replace) and fields.get("again") == "1"
     if conversation and not is_id(conversation):
         raise Refusal(404, CONVERSATION_GONE)
-    if not prompt.strip() and not replace:
+    if not prompt.strip() and not again:
         raise Refusal(422, "Please type a prompt first.")
     limits = [
         ("prompt", prompt, limit),
@@ -653,15 +685,19 @@ async def read_prompt(request: web.Request) -> PromptForm:
             raise Refusal(
                 413, f"The {name} is {len(text):,} characters long; the limit is {most:,}."
             )
-    system_prompt = fields.get("system_prompt")
+    model, system_prompt, temperature = (fields.get(name) for name in SETTING_FIELDS)
     return PromptForm(
-        prompt=prompt if prompt.strip() else "",
+        prompt="" if again else prompt,
         conversation=conversation,
         replace=replace,
-        model=fields.get("model", "").strip(),
+        again=again,
+        model=None if model is None else model.strip(),
         system_prompt=None if system_prompt is None else valid_unicode(system_prompt),
-        temperature=fields.get("temperature", "").strip(),
+        temperature=None if temperature is None else temperature.strip(),
     )
+
+
+SETTING_FIELDS = ("model", "system_prompt", "temperature")  # the form's, in PromptForm's order
 
 
 def remember(request: web.Request, response: web.Response, cid: str) -> None:
@@ -705,8 +741,12 @@ def fresh_stream() -> dict[str, Any]:
 def refuse(request: web.Request, refusal: Refusal) -> web.Response:
     # An HTML fragment. htmx shows it next to the prompt box, not in the thread:
     # a refusal never replaces or removes a turn.
+    new_chat = refusal.message == CONVERSATION_GONE  # the next prompt starts one
     response = aiohttp_jinja2.render_template(
-        "refusal.html", request, {"message": refusal.message}, status=refusal.status
+        "refusal.html",
+        request,
+        {"message": refusal.message, "new_chat": new_chat},
+        status=refusal.status,
     )
     response.headers.update(refusal.headers)
     response.headers.update({"HX-Retarget": "#prompt-error", "HX-Reswap": "innerHTML"})
@@ -870,8 +910,7 @@ class Relay:
             case Finished(reason):
                 transcript.finish_reason = reason
             case Failure(message, hint):
-                self.hint = hint
-                self.fail(message)
+                self.error, self.hint = message, hint  # produce() says it, after the answer so far
                 return "failed"
         return None
 
@@ -894,10 +933,13 @@ class Relay:
         self._answer_sent = self.stream.shown_pieces = len(pieces)
         self.stream.append(answer_chunk_event(text))
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, answer_so_far: str | None) -> None:
+        """The stream failed: the answer so far, rendered (if there was any), then why."""
         self.error = message
         self.flush()
         self.show_thought("")  # the status line and the error say it all
+        if answer_so_far is not None:
+            self.stream.append(final_answer_event(answer_so_far))
         self.stream.append(error_event(message))
 
     def finish(self, rendered_answer: str) -> None:
@@ -928,6 +970,15 @@ async def produce(app: web.Application, stream: Stream) -> None:
     relay = Relay(stream, transcript, config)
     outcome = "abandoned"  # cancelled because nobody was listening
     view: dict[str, Any] | None = None
+
+    async def fail(message: str) -> None:
+        so_far = None
+        if transcript.answer_chars or transcript.reasoning_chars:  # keep it, rendered
+            so_far = await render_answer(
+                app, stream.uid, transcript, answer_view(app, stream, transcript), failed=True
+            )
+        relay.fail(message, so_far)
+
     try:
         async with asyncio.timeout(config.max_duration):
             async with aclosing(app[PROVIDER].stream(stream.request)) as events:
@@ -941,9 +992,11 @@ async def produce(app: web.Application, stream: Stream) -> None:
         if outcome in ("done", CAPPED):
             view = answer_view(app, stream, transcript)
             relay.finish(await render_answer(app, stream.uid, transcript, view))
+        elif outcome == "failed":
+            await fail(relay.error or CRASHED)
     except TimeoutError:
         outcome = "too long"
-        relay.fail(TOO_LONG.format(limit=config.max_duration))
+        await fail(TOO_LONG.format(limit=config.max_duration))
     except asyncio.CancelledError:
         if stream.stop_reason is None:
             raise  # abandoned: nobody is there to tell
@@ -954,11 +1007,11 @@ async def produce(app: web.Application, stream: Stream) -> None:
             view = answer_view(app, stream, transcript)
             relay.finish(await render_answer(app, stream.uid, transcript, view))
         else:
-            relay.fail(RESTARTING)
+            await fail(RESTARTING)
     except Exception:
         log.exception("stream %s: the provider failed", stream.uid[:9])
         outcome = "crashed"
-        relay.fail(CRASHED)
+        await fail(CRASHED)
     finally:
         relay.discard()
         ended_well = outcome in ("done", STOPPED, CAPPED)
@@ -980,6 +1033,11 @@ def _joined(*parts: str | None) -> str | None:
     return " ".join(part for part in parts if part) or None
 
 
+#: What a final answer shows besides the text when nothing more is known (a turn
+#: that ended before its stream began).
+NO_VIEW: dict[str, Any] = {"reasoning_seconds": None, "note": None, "stats": {}, "model": ""}
+
+
 def answer_view(app: web.Application, stream: Stream, transcript: Transcript) -> dict[str, Any]:
     """What the final answer shows besides the text: note, stats, model."""
     note = FINISH_NOTES.get(transcript.finish_reason or "")
@@ -995,16 +1053,19 @@ async def render_answer(
     app: web.Application,
     uid: str,
     transcript: Transcript,
-    view: dict[str, Any],
+    view: Mapping[str, Any],
     error: str | None = None,
+    failed: bool = False,
 ) -> str:
-    """templates/final_answer.html: the answer as Markdown, its reasoning and stats."""
+    """templates/final_answer.html: the answer as Markdown, its reasoning and stats;
+    for a failed answer, what came before it failed (and, on a page, why)."""
     render = functools.partial(
         aiohttp_jinja2.get_env(app).get_template("final_answer.html").render,
         uid=uid,
         transcript=transcript,
         error=error,
-        **view,
+        failed=failed or error is not None,
+        **{**NO_VIEW, **view},
     )
     if transcript.answer_chars + transcript.reasoning_chars <= INLINE_RENDER_CHARS:
         return render()
@@ -1392,9 +1453,19 @@ TEMPERATURES = (0.0, 2.0)  # what OpenAI-compatible servers accept
 MODELS_WAIT_S = 2.0  # a page never waits longer for the model server's list
 
 
-async def chat_settings(app: web.Application, form: PromptForm) -> ChatSettings:
+async def chat_settings(
+    app: web.Application, form: PromptForm, current: ChatSettings | None
+) -> ChatSettings:
     """The settings a prompt is sent with: the operator's where a flag fixes one,
-    else the page's, checked; a Refusal says what is wrong."""
+    else the page's, checked (a Refusal says what is wrong); a setting the form
+    did not send stays the conversation's ``current`` one."""
+    if current is not None:
+        form = dataclasses.replace(
+            form,
+            model=sent_or(form.model, current.model or ""),
+            system_prompt=sent_or(form.system_prompt, current.system_prompt or ""),
+            temperature=sent_or(form.temperature, shown_number(current.temperature)),
+        )
     fixed = app[CONFIG].openai
     if fixed.model:
         if form.model and form.model != fixed.model:
@@ -1426,6 +1497,14 @@ async def chat_settings(app: web.Application, form: PromptForm) -> ChatSettings:
     return ChatSettings(model, system_prompt, temperature)
 
 
+def sent_or(sent: str | None, kept: str) -> str:
+    return kept if sent is None else sent
+
+
+def shown_number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
 async def offered_models(app: web.Application) -> list[str]:
     """The models the model server lists (cached by the provider); none if it is slow."""
     try:
@@ -1447,13 +1526,14 @@ async def page_choices(app: web.Application, conversation: Conversation | None) 
         system_prompt = DEFAULT_SYSTEM_PROMPT
     temperature = fixed.temperature if fixed.temperature is not None else current.temperature
     models = [] if fixed.model else await offered_models(app)
+    temperature_text = shown_number(temperature)
     return {
         "models": models,
         "model": fixed.model or current.model or app[PROVIDER].model or next(iter(models), ""),
         "model_fixed": bool(fixed.model),
         "system_prompt": system_prompt,
         "system_prompt_fixed": fixed.system_prompt is not None,
-        "temperature": "" if temperature is None else f"{temperature:g}",
+        "temperature": temperature_text,
         "temperature_fixed": fixed.temperature is not None,
         "temperatures": TEMPERATURES,
     }
@@ -1477,8 +1557,9 @@ async def export_conversation(request: web.Request) -> web.Response:
             f"This conversation is too large to export ({len(data):,} bytes; "
             f"the limit is {limit:,})."
         )
+        back = f"/c/{conversation.cid}"
         return aiohttp_jinja2.render_template(
-            "gone.html", request, {"message": message}, status=413
+            "gone.html", request, {"message": message, "back": back}, status=413
         )
     day = time.strftime("%Y-%m-%d", time.gmtime(conversation.created))
     return web.Response(

@@ -41,6 +41,8 @@ async def main() -> int:
     parser.add_argument("--prompts", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
+    # Above --concurrency (a conversation between two turns is not forgotten), and
+    # reached before the first memory figure, a fifth into the run.
     parser.add_argument("--max-conversations", type=int, default=100)
     args = parser.parse_args()
 

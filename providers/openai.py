@@ -284,11 +284,11 @@ class OpenAIProvider:
         """What the model server lists, asked at most once per ``MODELS_CACHE_S``
         (none while it cannot be reached)."""
         if time.monotonic() - self._listed_at > MODELS_CACHE_S:
-            self._listed_at = time.monotonic()
             try:
                 self._listed = await self._list_models() or []
             except _CannotStart:
                 self._listed = []
+            self._listed_at = time.monotonic()  # once answered: a cancelled ask counts not
         return self._listed
 
     async def check(self) -> tuple[bool, str]:

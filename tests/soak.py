@@ -157,7 +157,7 @@ async def soak(
                     await one_conversation(session, base, n, fates[n], rng, report)
             except TimeoutError:
                 report.wrong.append(f"{fates[n]} #{n}: no end after {PROMPT_LIMIT_S:.0f} s")
-        if pid and n in (conversations // 10, conversations // 2, conversations - 1):
+        if pid and n in (conversations // 5, conversations // 2, conversations - 1):
             report.memory_kb.append((f"after {n + 1} conversations", resident_kb(pid)))
 
     connector = aiohttp.TCPConnector(limit=0)

@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+import server
 from providers.events import Answer
 from providers.openai import DEFAULT_SYSTEM_PROMPT, OpenAISettings
 from tests.conftest import Hang, Pause, ScriptedProvider, read_stream
@@ -111,7 +112,7 @@ async def test_regenerate_sends_the_last_prompt_again_without_its_answer(start_a
     cid, _ = await turn(client, "One")
     _, last = await turn(client, "Two", cid)
 
-    response = await ask(client, conversation=cid, replace=last)
+    response = await ask(client, conversation=cid, replace=last, again="1")
     assert response.status == 200
     assert response.headers["HX-Retarget"] == f"#turn-{last}"
     assert response.headers["HX-Reswap"] == "outerHTML"
@@ -160,7 +161,7 @@ async def test_a_failed_turn_keeps_its_partial_answer_and_retry_replaces_it(
     assert "Half an ans" in thread and "the GPU caught fire" in thread
     assert "Retry" in thread
 
-    await turn(client, "", cid, replace=failed)
+    await turn(client, "", cid, replace=failed, again="1")
     assert messages_of(fake_upstream) == [
         SYSTEM,
         {"role": "user", "content": "One"},
@@ -295,7 +296,10 @@ async def test_export_downloads_the_thread_as_markdown(start_app):
 
     small = await start_app(provider=ScriptedProvider([Answer("x" * 500)]), max_export_bytes=100)
     cid, _ = await turn(small, "A question")
-    assert (await small.get(f"/c/{cid}/export")).status == 413
+    refused = await small.get(f"/c/{cid}/export")
+    assert refused.status == 413
+    text = await refused.text()
+    assert "too large to export" in text and f'href="/c/{cid}"' in text
 
 
 async def test_conversation_ids_never_reach_the_access_log(start_app, caplog):
@@ -401,3 +405,77 @@ async def test_the_page_offers_the_models_the_server_lists(start_app, fake_upstr
     request = fake_upstream.requests[-1].json
     assert request["model"] == "llama3.2" and request["temperature"] == 0.3
     assert request["messages"][0] == {"role": "system", "content": "Be terse."}
+
+
+async def test_regenerate_keeps_the_conversations_model_and_settings(start_app, fake_upstream):
+    models = b'{"object": "list", "data": [{"id": "qwen3"}, {"id": "llama3.2"}]}'
+    fake_upstream.reply(models, content_type="application/json")
+    client = await start_openai(start_app, fake_upstream, model="")
+    reply_with(fake_upstream, "First try.")
+    reply_with(fake_upstream, "Second try.")
+    settings = {"model": "llama3.2", "temperature": "0.3", "system_prompt": "Be terse."}
+    cid, last = await turn(client, "Hi", **settings)
+    await turn(client, "", cid, replace=last, again="1")  # what the button sends, at least
+
+    first, again = fake_upstream.requests[-2].json, fake_upstream.requests[-1].json
+    assert again["messages"] == first["messages"]
+    assert (again["model"], again["temperature"]) == ("llama3.2", 0.3)
+    assert again["messages"][0] == {"role": "system", "content": "Be terse."}
+    assert 'value="0.3"' in await page(client, cid)  # still the conversation's
+
+
+async def test_an_emptied_edit_is_refused_not_answered_again(start_app):
+    client = await start_app(provider=ScriptedProvider([Answer("ok")]))
+    cid, last = await turn(client, "Hello")
+    refused = await ask(client, "   ", cid, replace=last)
+    assert refused.status == 422
+    assert "Please type a prompt first." in await refused.text()
+
+
+async def test_a_turn_never_opened_shows_why_and_does_not_hold_its_conversation(start_app):
+    client = await start_app(provider=ScriptedProvider([Answer("ok")]), uid_ttl=0.2)
+    response = await ask(client, "Nobody opens this")
+    cid = response.headers["HX-Push-Url"].removeprefix("/c/")
+    await eventually(lambda: nothing_pending(client))
+
+    thread = await page(client, cid)  # a 500 once: a turn that ended before its stream began
+    assert "This answer was never opened" in html.unescape(thread)
+    await turn(client, "And this one?", cid)
+
+
+async def test_a_turn_not_opened_yet_gives_way_to_the_next_prompt(start_app, monkeypatch):
+    monkeypatch.setattr(server, "GIVE_WAY_S", 0.1)
+    client = await start_app(provider=ScriptedProvider([Answer("ok")]))
+    response = await ask(client, "The page closed at once")
+    cid = response.headers["HX-Push-Url"].removeprefix("/c/")
+    await asyncio.sleep(0.2)
+    await turn(client, "Here I am again", cid)  # not a 409 for a minute
+
+
+async def nothing_pending(client) -> bool:
+    return (await healthz(client))["uids_pending"] == 0
+
+
+async def test_a_gone_conversation_lets_the_next_prompt_start_a_new_one(start_app):
+    client = await start_app()
+    refused = await ask(client, "Still there?", "c" + "0" * 32)
+    assert refused.status == 404
+    text = await refused.text()
+    assert 'id="conversation" name="conversation" value="" hx-swap-oob="true"' in text
+
+
+async def test_pages_are_never_served_from_a_cache(start_app):
+    client = await start_app()
+    cid, _ = await turn(client, "Hello")
+    for url in ["/", f"/c/{cid}"]:
+        assert (await client.get(url)).headers["Cache-Control"] == "no-store"
+
+
+async def test_all_conversations_together_keep_at_most_their_characters(start_app):
+    client = await start_app(provider=ScriptedProvider([Answer("x" * 1000)]), max_kept_chars=2500)
+    first, _ = await turn(client, "one")
+    second, _ = await turn(client, "two")
+    third, _ = await turn(client, "three")  # 3 x ~1,000 characters: the oldest goes
+    assert (await client.get(f"/c/{first}")).status == 404
+    assert (await client.get(f"/c/{second}")).status == 200
+    assert (await client.get(f"/c/{third}")).status == 200

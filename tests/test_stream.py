@@ -207,18 +207,23 @@ async def test_every_payload_is_escaped(start_app):
     assert [html.unescape(e.data) for e in events if e.event == "error"] == [hostile]
 
 
-async def test_provider_failure_sends_error_then_close(start_app):
-    provider = ScriptedProvider([Answer("Part"), Failure("The model server went away.")])
+async def test_provider_failure_sends_the_answer_so_far_then_error_then_close(start_app):
+    provider = ScriptedProvider([Answer("**Part**"), Failure("The model server went away.")])
     client = await start_app(provider=provider)
     uid = await post_prompt(client)
     _, events, _ = await read_stream(client, uid)
 
-    assert [(e.event, e.data) for e in events[-3:]] == [
-        ("thought", ""),
-        ("error", "The model server went away."),
-        ("close", ""),
-    ]
-    assert "final_answer" not in [e.event for e in events]
+    assert [e.event for e in events[-4:]] == ["thought", "final_answer", "error", "close"]
+    so_far = events[-3].data
+    assert "The answer so far:" in so_far and "<strong>Part</strong>" in so_far  # rendered
+    assert (events[-2].data, events[-1].data) == ("The model server went away.", "")
+
+
+async def test_a_failure_before_any_text_sends_only_the_error(start_app):
+    provider = ScriptedProvider([Failure("The model server went away.")])
+    client = await start_app(provider=provider)
+    _, events, _ = await read_stream(client, await post_prompt(client))
+    assert [e.event for e in events[-3:]] == ["thought", "error", "close"]
 
 
 async def test_provider_crash_sends_a_plain_error_and_server_keeps_serving(start_app, caplog):
