@@ -134,6 +134,14 @@ async def test_a_flood_of_held_text_does_not_stall_the_app(
 # --- the answer cap releases the model server ---
 
 
+def slow_flood(content: str, total_bytes: int) -> list[bytes]:
+    """Chunks of ``content``, ``total_bytes`` in all, in writes of about 64 KB
+    (a reply's ``delay`` apart)."""
+    frame = chunk(content=content)
+    per_write = 64_000 // len(frame)
+    return [frame * per_write] * (total_bytes // (len(frame) * per_write))
+
+
 async def read_capped(client: TestClient, fake_upstream: FakeUpstream) -> list[SSEEvent]:
     """Read a stream that the cap must end in time; check the model server was let go."""
     async with asyncio.timeout(CAPPED_WITHIN):
@@ -157,6 +165,25 @@ async def test_an_answer_past_the_cap_releases_the_model_server(
     events = await read_capped(client, fake_upstream)
 
     assert "".join(texts(events, "answer_chunk")) == (sentence * 100)[:SMALL_CAP]
+
+
+@pytest.mark.parametrize(
+    ("content", "hold"),
+    [(" " * 1_000, 1.0),  # white space keeps the <think> splitter undecided
+     ("Held on. " * 100, math.inf)],  # untagged text is held until </think> or the end
+    ids=["white-space", "held-text"],
+)  # fmt: skip
+async def test_text_the_splitter_keeps_back_is_capped_too(
+    start_app: StartApp, fake_upstream: FakeUpstream, content: str, hold: float
+) -> None:
+    """8 MB of it, in writes 50 ms apart: the splitter gives it out past its
+    bound, so the cap sees it and ends the answer, instead of the app keeping
+    it all in memory, out of the cap's sight, until the model server is done."""
+    fake_upstream.reply(slow_flood(content, 8_000_000), delay=0.05)  # over 6 s
+    client = await start_openai(
+        start_app, fake_upstream, {"max_answer_chars": SMALL_CAP}, reasoning_hold=hold
+    )
+    await read_capped(client, fake_upstream)
 
 
 # --- B: a compressed stream, although the app asks for the identity encoding ---
