@@ -243,7 +243,9 @@ async def test_a_long_error_message_does_not_stall_the_app(
 
 # --- D: the API key echoed in another form ---
 
-KEY = "sk-test-0123456789abcdef"
+#: Each of its runs of 8 characters holds a letter, so no run reads the same
+#: in upper case: the echo in upper case tests that redaction ignores case.
+KEY = "sk-proj-AbCdEfGhIjKlMnOpQrSt"
 KEY_ECHOED = f"{KEY.upper()}, {KEY[:12]}… and {KEY[:10]} {KEY[10:]}"
 
 
