@@ -192,7 +192,8 @@ class OpenAISettings:
         group=MODEL_SERVER, convert=positive(float),
     )  # fmt: skip
     #: How long untagged content is held back in case a ``</think>`` follows
-    #: (see ``providers.think_tags``): 0 turns that off, ``math.inf`` always waits.
+    #: (see ``providers.think_tags``): 0 turns that off, ``math.inf`` waits
+    #: for as long as it takes, but for no more than ``MAX_HELD_CHARS`` of text.
     reasoning_hold: float = setting(
         1.0, "seconds untagged text is held back in case a </think> follows "
         "(0 = off; see providers/think_tags.py)",

@@ -13,8 +13,9 @@ answer piece cannot be taken back (the page appends it), so text whose kind is
 not known yet is held back until it is:
 
 1. ``<think>`` counts only at the start of the content, after optional white
-   space. From there to ``</think>`` everything is reasoning, given out as it
-   comes. If the stream ends before ``</think>``, it was all reasoning.
+   space (as much as rule 6 allows). From there to ``</think>`` everything is
+   reasoning, given out as it comes. If the stream ends before ``</think>``,
+   it was all reasoning.
 2. Some chat templates (Qwen3-Thinking, DeepSeek-R1) put ``<think>`` in the
    prompt, so the output holds only the closing ``</think>``. Content that does
    not start with ``<think>`` is therefore *held*: if ``</think>`` arrives, the
@@ -22,7 +23,7 @@ not known yet is held back until it is:
    first content) without it, the held text is released as answer and any later
    ``</think>`` is ordinary text. At the end of the stream, held text is the
    answer. ``hold=0`` turns this detection off (untagged text is answer at
-   once); ``hold=math.inf`` always waits for ``</think>`` or the end. Held
+   once); ``hold=math.inf`` waits for ``</think>`` or the end (or rule 6). Held
    text, given out as answer or reasoning, says when it came (``sent_at``).
 3. A tag may arrive split over several pieces (``"<th"`` + ``"ink>"``): a
    trailing piece of text that could be the start of the tag is kept back
@@ -32,6 +33,15 @@ not known yet is held back until it is:
 5. When the server sends reasoning in a field of its own, it parses the tags
    itself: ``server_reasoning()`` turns tag handling off for the rest of the
    stream (rule 4 still applies).
+6. At most ``MAX_HELD_CHARS`` characters are kept back. Past that, white space
+   before the first word and held text are given out as answer, as when the
+   hold runs out: a ``<think>`` or ``</think>`` after them is ordinary text.
+   Without this bound a server sending nothing but white space, or untagged
+   text with ``hold=math.inf``, would fill memory with text the app's answer
+   cap never sees. Each piece is searched for a tag before the bound applies,
+   so a tag in the piece that goes past it still counts. Reasoning opened by
+   ``<think>`` is given out as it comes, so the bound never turns it into
+   answer.
 
 The splitter is pure: the caller passes the time (``now``, in seconds on any
 monotonic clock) and asks it to ``poll()`` when ``hold_deadline`` passes.
@@ -47,6 +57,10 @@ from providers.events import Answer, Reasoning
 
 OPEN_TAG = "<think>"
 CLOSE_TAG = "</think>"
+#: The most text kept back while its kind is not known (rule 6): 256 Ki
+#: characters, some 64,000 tokens of English. Untagged reasoning longer than
+#: that is shown as answer, as it is once the hold runs out.
+MAX_HELD_CHARS = 256 * 1024
 _ANSWER_LEADING_BREAKS = "\r\n"
 
 Piece = Reasoning | Answer
@@ -79,6 +93,7 @@ class ThinkTagSplitter:
         # here from the buffer, it is searched once and joined once, so that
         # a long run of small pieces costs linear time, not quadratic.
         self._set_aside: list[str] = []
+        self._set_aside_chars = 0  # their length in all, for rule 6
         self._first_content_at: float | None = None  # the hold counts from here
         self._held_since: float | None = None  # when the held text came
         self._after_reasoning = False
@@ -133,7 +148,8 @@ class ThinkTagSplitter:
             elif self._mode is _Mode.HOLDING:
                 if not self._split_at_close_tag(pieces):
                     deadline = self.hold_deadline
-                    if deadline is not None and now < deadline:
+                    in_time = deadline is not None and now < deadline
+                    if in_time and not self._too_much_kept_back():
                         # Searched: only a tag's possible start stays in the buffer.
                         self._put_aside(
                             len(self._buffer) - _partial_tag_length(self._buffer, CLOSE_TAG)
@@ -153,12 +169,22 @@ class ThinkTagSplitter:
         """Move the first ``length`` characters of the buffer, already searched, aside."""
         if length:
             self._set_aside.append(self._take(length))
+            self._set_aside_chars += length
+
+    def _drop_set_aside(self) -> None:
+        self._set_aside.clear()
+        self._set_aside_chars = 0
 
     def _take_all(self) -> str:
         """Remove and return all the kept-back text: what was put aside, then the buffer."""
-        text = "".join(self._set_aside) + self._take(len(self._buffer))
-        self._set_aside.clear()
+        self._put_aside(len(self._buffer))  # joined once: one copy, not two
+        text = "".join(self._set_aside)
+        self._drop_set_aside()
         return text
+
+    def _too_much_kept_back(self) -> bool:
+        """Whether the kept-back text is longer than ``MAX_HELD_CHARS`` (rule 6)."""
+        return self._set_aside_chars + len(self._buffer) > MAX_HELD_CHARS
 
     def _decide(self) -> bool:
         """Settle the mode from the start of the content; False while it cannot be told."""
@@ -167,10 +193,10 @@ class ThinkTagSplitter:
         # of the text otherwise), so that it is never scanned twice.
         self._put_aside(len(self._buffer) - len(start))
         if start.startswith(OPEN_TAG):
-            self._set_aside.clear()
+            self._drop_set_aside()
             self._buffer = start.removeprefix(OPEN_TAG)
             self._mode = _Mode.THINKING
-        elif OPEN_TAG.startswith(start):
+        elif OPEN_TAG.startswith(start) and not self._too_much_kept_back():
             return False
         elif self._hold > 0:
             self._mode = _Mode.HOLDING

@@ -37,6 +37,14 @@ FRAMES_PER_WRITE = 400
 #: linear time; 10-20 s when each chunk re-reads what came before).
 FLOOD_WITHIN = 5.0
 UNCAPPED = 10_000_000  # --max-answer-chars out of the way of a flood that must go through
+#: --max-answer-chars for the tests of that cap: far less than the model server sends.
+SMALL_CAP = 1_000
+CAP_NOTE = f"reached this server's limit of {SMALL_CAP:,} characters"
+#: The model servers of the cap's tests take over 5 s to send all they have:
+#: the cap must end the answer well before that (it takes well under 1 s here),
+#: and the app let go of the server at once.
+CAPPED_WITHIN = 3.0
+RELEASED_WITHIN = 1.0
 
 
 async def start_openai(
@@ -123,6 +131,61 @@ async def test_a_flood_of_held_text_does_not_stall_the_app(
     assert watched.slowest_healthz < HEALTHZ_WITHIN, watched.slowest_healthz
 
 
+# --- the answer cap releases the model server ---
+
+
+def slow_flood(content: str, total_bytes: int) -> list[bytes]:
+    """Chunks of ``content``, ``total_bytes`` in all, in writes of about 64 KB
+    (a reply's ``delay`` apart)."""
+    frame = chunk(content=content)
+    per_write = 64_000 // len(frame)
+    return [frame * per_write] * (total_bytes // (len(frame) * per_write))
+
+
+async def read_capped(client: TestClient, fake_upstream: FakeUpstream) -> list[SSEEvent]:
+    """Read a stream that the cap must end in time; check the model server was let go."""
+    async with asyncio.timeout(CAPPED_WITHIN):
+        _, events, _ = await read_stream(client, await post_prompt(client))
+    await fake_upstream.wait_disconnected(within=RELEASED_WITHIN)
+    (final,) = texts(events, "final_answer")
+    assert CAP_NOTE in final
+    return events
+
+
+async def test_an_answer_past_the_cap_releases_the_model_server(
+    start_app: StartApp, fake_upstream: FakeUpstream
+) -> None:
+    """A model that writes on and on: the answer ends at --max-answer-chars with
+    a note, and the connection is closed, so the model server stops generating."""
+    sentence = "All work and no play makes Jack a dull boy. "
+    fake_upstream.reply([chunk(content=sentence)] * 2_000, delay=0.005)  # over 10 s
+    client = await start_openai(  # no hold: the text is answer as it comes
+        start_app, fake_upstream, {"max_answer_chars": SMALL_CAP}, reasoning_hold=0
+    )
+    events = await read_capped(client, fake_upstream)
+
+    assert "".join(texts(events, "answer_chunk")) == (sentence * 100)[:SMALL_CAP]
+
+
+@pytest.mark.parametrize(
+    ("content", "hold"),
+    [(" " * 1_000, 1.0),  # white space keeps the <think> splitter undecided
+     ("Held on. " * 100, math.inf)],  # untagged text is held until </think> or the end
+    ids=["white-space", "held-text"],
+)  # fmt: skip
+async def test_text_the_splitter_keeps_back_is_capped_too(
+    start_app: StartApp, fake_upstream: FakeUpstream, content: str, hold: float
+) -> None:
+    """8 MB of it, in writes 50 ms apart: the splitter gives it out past its
+    bound, so the cap sees it and ends the answer, instead of the app keeping
+    it all in memory, out of the cap's sight, until the model server is done."""
+    fake_upstream.reply(slow_flood(content, 8_000_000), delay=0.05)  # over 6 s
+    client = await start_openai(
+        start_app, fake_upstream, {"max_answer_chars": SMALL_CAP}, reasoning_hold=hold
+    )
+    await read_capped(client, fake_upstream)
+
+
 # --- B: a compressed stream, although the app asks for the identity encoding ---
 
 
@@ -180,7 +243,9 @@ async def test_a_long_error_message_does_not_stall_the_app(
 
 # --- D: the API key echoed in another form ---
 
-KEY = "sk-test-0123456789abcdef"
+#: Each of its runs of 8 characters holds a letter, so no run reads the same
+#: in upper case: the echo in upper case tests that redaction ignores case.
+KEY = "sk-proj-AbCdEfGhIjKlMnOpQrSt"
 KEY_ECHOED = f"{KEY.upper()}, {KEY[:12]}… and {KEY[:10]} {KEY[10:]}"
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import gc
 import math
 import time
+import tracemalloc
 
 import pytest
 
 from providers.events import Answer, Reasoning
-from providers.think_tags import ThinkTagSplitter
+from providers.think_tags import MAX_HELD_CHARS, ThinkTagSplitter
 
 HOLD = 1.0
 Piece = Reasoning | Answer
@@ -133,3 +134,81 @@ def test_many_small_pieces_cost_linear_time(piece: str, hold: float) -> None:
 
     small, large = seconds(10_000), seconds(40_000)
     assert large / small < 8, f"10,000 pieces: {small:.3f} s, 40,000 pieces: {large:.3f} s"
+
+
+# --- the bound on kept-back text (rule 6) ---
+
+LIMIT = MAX_HELD_CHARS
+
+BOUND_CASES = {
+    "held-text-up-to-the-bound-may-be-reasoning": (
+        [(0, "a" * LIMIT), (9, "</think>Yes")], math.inf, "a" * LIMIT, "Yes",
+    ),
+    "held-text-past-the-bound-is-answer": (
+        [(0, "a" * LIMIT), (9, "b"), (9, "</think>Yes")], math.inf,
+        "", "a" * LIMIT + "b</think>Yes",
+    ),
+    "a-tag-in-the-piece-past-the-bound-counts": (
+        [(0, "a" * LIMIT), (9, "b</think>Yes")], math.inf, "a" * LIMIT + "b", "Yes",
+    ),
+    "white-space-up-to-the-bound-may-open-reasoning": (
+        [(0, " " * LIMIT), (9, "<think>Hm</think>Yes")], math.inf, "Hm", "Yes",
+    ),
+    "white-space-past-the-bound-is-answer": (
+        [(0, " " * LIMIT), (9, " <thi"), (9, "nk>Hm</think>")], math.inf,
+        "", " " * (LIMIT + 1) + "<think>Hm</think>",
+    ),
+    "white-space-past-the-bound-is-answer-without-hold": (
+        [(0, " " * LIMIT), (0, " "), (0, "<think>Hm")], 0, "", " " * (LIMIT + 1) + "<think>Hm",
+    ),
+    "reasoning-is-never-bounded-into-answer": (
+        [(0, "<think>" + "r" * 2 * LIMIT), (9, "</think>Yes")], math.inf, "r" * 2 * LIMIT, "Yes",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pieces", "hold", "reasoning", "answer"), BOUND_CASES.values(), ids=BOUND_CASES.keys()
+)
+def test_the_bound_on_kept_back_text(
+    pieces: list[tuple[float, str]], hold: float, reasoning: str, answer: str
+) -> None:
+    out = split(pieces, hold)
+    assert joined(out, Reasoning) == reasoning
+    assert joined(out, Answer) == answer
+
+
+@pytest.mark.parametrize(
+    ("piece", "hold"),
+    [(" " * 1024, HOLD),  # white space keeps the splitter undecided
+     ("Held on. " * 100, math.inf)],  # untagged text is held until </think> or the end
+    ids=["white-space", "held-text"],
+)  # fmt: skip
+def test_kept_back_text_stays_bounded(piece: str, hold: float) -> None:
+    """8 MiB of such text: nothing comes out until the bound is passed, then all
+    of it comes out as answer, at once, and memory never holds much more than the bound."""
+    splitter = ThinkTagSplitter(hold)
+    fed = given_out = 0
+    first: Piece | None = None
+    tracemalloc.start()
+    try:
+        while fed < 32 * LIMIT:
+            fresh = piece[:1] + piece[1:]  # a new string, as each chunk's JSON makes one
+            fed += len(fresh)
+            out = splitter.feed(fresh, 0)
+            if first is None and out:
+                first = out[0]
+                assert LIMIT < fed <= LIMIT + len(piece)  # released just past the bound
+            if first is not None:
+                assert all(isinstance(part, Answer) for part in out)
+                given_out += sum(len(part.text) for part in out)
+                assert given_out == fed  # from then on, each piece comes out at once
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The kept-back text and one joined copy of it (one byte a character here):
+    # about twice the bound. Without it, all 8 MiB would stay.
+    assert peak < 3 * LIMIT, f"{peak:,} bytes for {fed:,} characters"
+    assert first is not None and first.sent_at == 0  # held text says when it came
+    # The tags no longer count: the content did not start with <think>.
+    assert splitter.feed("<think>x</think>y", 1) == [Answer("<think>x</think>y")]
