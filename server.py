@@ -21,7 +21,8 @@ Events on /response-stream, each with an ``id:``, in this order:
                    the page replaces the previous thought with it
     answer_chunk   the next piece of the answer; the page appends it
     final_answer   the whole answer as HTML; it replaces #{uid}-final-container
-    error          what went wrong (sent instead of final_answer)
+    error          what went wrong; a failed answer's text so far comes first, as
+                   a final_answer labelled "The answer so far"
     close          always last, with an empty data line; the page disconnects
 plus ``retry: 1000`` first and a ``: ping`` comment when the stream is quiet.
 Every payload is HTML-escaped text: model output is never trusted as markup.
