@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -128,9 +129,15 @@ class Conversations:
         self.max_kept_chars = max_kept_chars
         self.idle_ttl = idle_ttl
         self._by_id: OrderedDict[str, Conversation] = OrderedDict()
+        #: The characters of all conversations together, kept up to date as they
+        #: change, so that checking the bound costs nothing per prompt.
+        self.kept_chars = 0
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        return iter(list(self._by_id.values()))
 
     def get(self, cid: str) -> Conversation | None:
         """The conversation, now the most recently used; None if unknown or forgotten."""
@@ -150,23 +157,39 @@ class Conversations:
         self.make_room()
         return conversation
 
+    def set_turns(self, conversation: Conversation, turns: list[Turn]) -> None:
+        """Give the conversation these turns (one new, or the last replaced)."""
+        old = sum(turn.chars() for turn in conversation.turns)
+        conversation.turns = turns
+        self.kept_chars += sum(turn.chars() for turn in turns) - old
+
+    def answered(self, cid: str, turn: Turn) -> None:
+        """The turn's answer ended: its text is kept now (if its conversation is)."""
+        if cid in self._by_id and turn.transcript is not None:
+            self.kept_chars += turn.transcript.answer_chars + turn.transcript.reasoning_chars
+
     def make_room(self) -> None:
         """Forget the least recently used conversations while over a bound (never one
         that is streaming, nor the newest)."""
-        kept = sum(conversation.chars() for conversation in self._by_id.values())
         for conversation in list(self._by_id.values())[:-1]:
-            if len(self._by_id) <= self.max_conversations and kept <= self.max_kept_chars:
+            if (
+                len(self._by_id) <= self.max_conversations
+                and self.kept_chars <= self.max_kept_chars
+            ):
                 return
             if not conversation.streaming:
-                kept -= conversation.chars()
-                del self._by_id[conversation.cid]
+                self._forget(conversation)
+
+    def _forget(self, conversation: Conversation) -> None:
+        self.kept_chars -= conversation.chars()
+        del self._by_id[conversation.cid]
 
     def forget_idle(self) -> int:
         """Forget conversations unused for ``idle_ttl`` seconds; how many."""
         limit = time.monotonic() - self.idle_ttl
-        idle = [c.cid for c in self._by_id.values() if c.last_used < limit and not c.streaming]
-        for cid in idle:
-            del self._by_id[cid]
+        idle = [c for c in self._by_id.values() if c.last_used < limit and not c.streaming]
+        for conversation in idle:
+            self._forget(conversation)
         return len(idle)
 
 

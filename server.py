@@ -279,10 +279,11 @@ class Stream:
     n, so a dropped connection loses nothing and repeats nothing.
     """
 
-    def __init__(self, uid: str, request: ChatRequest, client: str, turn: Turn) -> None:
+    def __init__(self, uid: str, request: ChatRequest, client: str, turn: Turn, cid: str) -> None:
         self.uid = uid
         self.request = request  # the conversation so far, ending with the prompt
         self.turn = turn  # where the answer is kept when it ends
+        self.cid = cid  # the conversation it is a turn of
         self.client = client
         self.created = time.monotonic()
         self.frames: list[bytes | None] = []  # frames[n] is the event with id n + 1
@@ -427,10 +428,10 @@ class Store:
                 earlier, settings.system_prompt, prompt, config.history_chars
             )
             turn = Turn(self.new_uid(), prompt, settings, left_out=left_out)
-            conversation.turns = [*earlier, turn]
+            self.conversations.set_turns(conversation, [*earlier, turn])
             conversation.settings = settings
             request = ChatRequest(messages, settings.model, settings.temperature)
-            self._streams[turn.uid] = Stream(turn.uid, request, client, turn)
+            self._streams[turn.uid] = Stream(turn.uid, request, client, turn, conversation.cid)
             self.conversations.make_room()
             return conversation, turn, new
 
@@ -502,6 +503,7 @@ class Store:
         async with self.lock:
             if self._streams.get(stream.uid) is stream and stream.listeners == 0:
                 self._wait_for_return(stream)
+            self.conversations.answered(stream.cid, stream.turn)
             self.conversations.make_room()
 
     def _wait_for_return(self, stream: Stream) -> None:

@@ -1,5 +1,6 @@
 """A small soak (bench/soak.py runs a big one): random disconnects leave nothing behind."""
 
+from server import STORE
 from tests.soak import GRACE_S, UID_TTL_S, soak
 
 
@@ -15,3 +16,5 @@ async def test_random_disconnects_leave_nothing_behind(start_app):
     assert report.clean, report.health
     # 66 were had, 20 at a time: the least recently used were forgotten.
     assert report.health["conversations"] == 30
+    kept = client.app[STORE].conversations  # its running count of characters is exact
+    assert kept.kept_chars == sum(conversation.chars() for conversation in kept) > 0
