@@ -63,7 +63,7 @@ from typing import IO, Any
 import aiohttp
 
 from tests.snippet import uid_from_snippet
-from tests.soak import expected_answer, read_some, resident_kb
+from tests.soak import expected_answer, read_some, resident_kb, settle
 from tests.sse_client import SSEEvent, answer_of, parse_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -812,14 +812,8 @@ async def run(plan: Plan, server: Server, hostile: HostileProcess, report: Repor
     report.memory_kb.append(("at the end", resident_kb(server.pid)))
 
     settled_from = time.monotonic()
-    deadline = settled_from + plan.settle_limit()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session:
-        while True:
-            async with session.get(f"{server.base}/healthz") as response:
-                report.health = await response.json()
-            if report.clean or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+        await settle(session, server.base, report, plan.settle_limit())
     report.settle_seconds = time.monotonic() - settled_from
     report.memory_kb.append(("settled", resident_kb(server.pid)))
 

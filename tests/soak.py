@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -131,6 +132,17 @@ async def one_prompt(
     return Prompted(conversation, events)
 
 
+async def settle(session: aiohttp.ClientSession, base: str, report: Any, limit_s: float) -> None:
+    """Read /healthz into ``report.health`` until ``report.clean``, or ``limit_s`` is over."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        async with session.get(f"{base}/healthz") as response:
+            report.health = await response.json()
+        if report.clean or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.2)
+
+
 def resident_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,13 +176,7 @@ async def soak(
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(run(session, n) for n in range(conversations)))
         report.seconds = time.monotonic() - started
-        deadline = time.monotonic() + SETTLE_LIMIT_S
-        while True:
-            async with session.get(f"{base}/healthz") as response:
-                report.health = await response.json()
-            if report.clean or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+        await settle(session, base, report, SETTLE_LIMIT_S)
     if pid:
         report.memory_kb.append(("settled", resident_kb(pid)))
     return report

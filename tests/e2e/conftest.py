@@ -233,24 +233,32 @@ async def tab(
     It depends on ``serve_app`` so that it closes first: the page's open
     streams end before the servers stop.
     """
-    await browser.clear_cookies()
-    page = await browser.new_page()
-    tab = Tab(page)
-    tab.listen()
-    await page.add_init_script(path=OBSERVER_SCRIPT)
-
-    async def refuse_offsite(route: Route) -> None:
-        tab.offsite.append(route.request.url)
-        await route.abort()
-
-    await page.route(OFFSITE, refuse_offsite)
+    tab = await new_tab(browser, observe=True)
     try:
         yield tab
     finally:
         report = request.node.stash.get(CALL_REPORT, None)
         if report is not None and report.failed:
             await tab.screenshot(artifacts_folder(request), request.node.name)
-        await page.close()
+        await tab.page.close()
+
+
+async def new_tab(browser: BrowserContext, observe: bool) -> Tab:
+    """A new page, with no cookies, that records what happens on it and never
+    leaves the machine; with ``observe``, observe.js notes each swap."""
+    await browser.clear_cookies()
+    page = await browser.new_page()
+    tab = Tab(page)
+    tab.listen()
+    if observe:
+        await page.add_init_script(path=OBSERVER_SCRIPT)
+
+    async def refuse_offsite(route: Route) -> None:
+        tab.offsite.append(route.request.url)
+        await route.abort()
+
+    await page.route(OFFSITE, refuse_offsite)
+    return tab
 
 
 def artifacts_folder(request: pytest.FixtureRequest) -> Path:

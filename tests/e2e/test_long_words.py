@@ -23,11 +23,11 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
-from playwright.async_api import BrowserContext, Route, expect
+from playwright.async_api import BrowserContext, expect
 
 from providers.events import Answer, Reasoning
 from tests.conftest import Pause, ScriptedProvider
-from tests.e2e.conftest import OFFSITE, ServeApp
+from tests.e2e.conftest import ServeApp, new_tab
 from tests.e2e.scripts import THOUGHT_PAUSE_S
 from tests.e2e.tab import Tab
 
@@ -49,20 +49,11 @@ async def bare_tab(browser: BrowserContext, serve_app: ServeApp) -> AsyncIterato
     """A page like the ``tab`` fixture's (records problems, never leaves the
     machine), without observe.js, and without a screenshot on failure: a whole
     page with 300 KB of wrapped text is over 100,000 pixels tall."""
-    await browser.clear_cookies()
-    page = await browser.new_page()
-    tab = Tab(page)
-    tab.listen()
-
-    async def refuse_offsite(route: Route) -> None:
-        tab.offsite.append(route.request.url)
-        await route.abort()
-
-    await page.route(OFFSITE, refuse_offsite)
+    tab = await new_tab(browser, observe=False)
     try:
         yield tab
     finally:
-        await page.close()
+        await tab.page.close()
 
 
 async def test_a_300_kb_word_is_shown_in_seconds_wrapped_and_exact(bare_tab, serve_app):
