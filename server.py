@@ -39,10 +39,10 @@ Reading this file
     From the top down to the banner, the code follows a prompt's path: SSE
     framing, the five events, the stream log and the store, the page and the
     bridge, producing, listening, the app. Below the banner is what keeps a
-    public server safe and fast: limits, a conversation's settings, export,
-    pacing, slow clients, open files, access, security headers, Markdown, the
-    vendored htmx, health, shutdown, configuration, the garbage collector and
-    ``main``. Safe to skip on a first reading.
+    public server safe and fast: limits, reading the form, a conversation's
+    settings, export, pacing, slow clients, open files, access, security
+    headers, Markdown, the vendored htmx, health, shutdown, configuration, the
+    garbage collector and ``main``. Safe to skip on a first reading.
 """
 
 from __future__ import annotations
@@ -556,10 +556,6 @@ class Store:
 
 # --- the page and the bridge --------------------------------------------------------------
 
-# What the page's form sends. Multipart is refused: the page never sends it, and
-# parsing hundreds of empty parts costs far more than the prompt is worth.
-FORM_TYPE = "application/x-www-form-urlencoded"
-
 
 async def index(request: web.Request) -> web.Response:
     """A new chat: the page with an empty thread. The conversation is made by its
@@ -638,69 +634,6 @@ async def process_prompt(request: web.Request) -> web.Response:
         response.headers["HX-Retarget"] = f"#turn-{form.replace}"
         response.headers["HX-Reswap"] = "outerHTML"
     return response
-
-
-@dataclass(frozen=True)
-class PromptForm:
-    """What the page's form sends: the prompt, and which conversation it is part of."""
-
-    prompt: str  # empty only to answer the last prompt again (`again`)
-    conversation: str  # its id; empty for a new conversation
-    replace: str  # the uid of the last turn, to edit it or answer it again; or empty
-    again: bool  # Regenerate or Retry: the replaced turn's prompt, answered again
-    # The settings, each None when not sent: then the conversation's own.
-    model: str | None
-    system_prompt: str | None
-    temperature: str | None
-
-
-async def read_prompt(request: web.Request) -> PromptForm:
-    """The form, or a Refusal that says what is wrong with it."""
-    config = request.app[CONFIG]
-    limit = config.max_prompt_chars
-    if request.content_type != FORM_TYPE:
-        raise Refusal(415, "Send the prompt as a form field named 'prompt'.")
-    try:
-        async with asyncio.timeout(config.request_timeout):  # a body sent slowly on purpose
-            form = await request.post()
-    except TimeoutError:
-        raise Refusal(408, "The prompt took too long to arrive. Please submit it again.") from None
-    except web.HTTPRequestEntityTooLarge:
-        raise Refusal(
-            413, f"The request is too large. Prompts are limited to {limit:,} characters."
-        ) from None
-    except Exception:  # a malformed body fails in many ways: bad charset, encoding, parts
-        raise Refusal(400, "The form could not be read. Please submit it again.") from None
-    fields = {name: value for name, value in form.items() if isinstance(value, str)}
-    prompt = valid_unicode(fields.get("prompt", ""))
-    conversation, replace = fields.get("conversation", ""), fields.get("replace", "")
-    again = bool(replace) and fields.get("again") == "1"
-    if conversation and not is_id(conversation):
-        raise Refusal(404, CONVERSATION_GONE)
-    if not prompt.strip() and not again:
-        raise Refusal(422, "Please type a prompt first.")
-    limits = [
-        ("prompt", prompt, limit),
-        ("system prompt", fields.get("system_prompt", ""), config.max_system_prompt_chars),
-    ]
-    for name, text, most in limits:
-        if len(text) > most:
-            raise Refusal(
-                413, f"The {name} is {len(text):,} characters long; the limit is {most:,}."
-            )
-    model, system_prompt, temperature = (fields.get(name) for name in SETTING_FIELDS)
-    return PromptForm(
-        prompt="" if again else prompt,
-        conversation=conversation,
-        replace=replace,
-        again=again,
-        model=None if model is None else model.strip(),
-        system_prompt=None if system_prompt is None else valid_unicode(system_prompt),
-        temperature=None if temperature is None else temperature.strip(),
-    )
-
-
-SETTING_FIELDS = ("model", "system_prompt", "temperature")  # the form's, in PromptForm's order
 
 
 def remember(request: web.Request, response: web.Response, cid: str) -> None:
@@ -1282,10 +1215,10 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
 
 # ==========================================================================================
 #  The lesson ends here: above, a prompt's path from the form to `close`.
-#  Below, what keeps a public server safe and fast: limits, a conversation's settings,
-#  export, pacing, slow clients, open files, access, security headers, Markdown, the
-#  vendored htmx, health, shutdown, configuration, the garbage collector and `main`.
-#  Safe to skip on a first reading.
+#  Below, what keeps a public server safe and fast: limits, reading the form, a
+#  conversation's settings, export, pacing, slow clients, open files, access, security
+#  headers, Markdown, the vendored htmx, health, shutdown, configuration, the garbage
+#  collector and `main`. Safe to skip on a first reading.
 # ==========================================================================================
 
 
@@ -1448,6 +1381,76 @@ class Limits:
 
     def clients_counted(self) -> int:
         return len(self._recent)
+
+
+# --- reading the form ---------------------------------------------------------------------
+
+# What the page's form sends. Multipart is refused: the page never sends it, and
+# parsing hundreds of empty parts costs far more than the prompt is worth.
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class PromptForm:
+    """What the page's form sends: the prompt, and which conversation it is part of."""
+
+    prompt: str  # empty only to answer the last prompt again (`again`)
+    conversation: str  # its id; empty for a new conversation
+    replace: str  # the uid of the last turn, to edit it or answer it again; or empty
+    again: bool  # Regenerate or Retry: the replaced turn's prompt, answered again
+    # The settings, each None when not sent: then the conversation's own.
+    model: str | None
+    system_prompt: str | None
+    temperature: str | None
+
+
+async def read_prompt(request: web.Request) -> PromptForm:
+    """The form, or a Refusal that says what is wrong with it."""
+    config = request.app[CONFIG]
+    limit = config.max_prompt_chars
+    if request.content_type != FORM_TYPE:
+        raise Refusal(415, "Send the prompt as a form field named 'prompt'.")
+    try:
+        async with asyncio.timeout(config.request_timeout):  # a body sent slowly on purpose
+            form = await request.post()
+    except TimeoutError:
+        raise Refusal(408, "The prompt took too long to arrive. Please submit it again.") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise Refusal(
+            413, f"The request is too large. Prompts are limited to {limit:,} characters."
+        ) from None
+    except Exception:  # a malformed body fails in many ways: bad charset, encoding, parts
+        raise Refusal(400, "The form could not be read. Please submit it again.") from None
+    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    prompt = valid_unicode(fields.get("prompt", ""))
+    conversation, replace = fields.get("conversation", ""), fields.get("replace", "")
+    again = bool(replace) and fields.get("again") == "1"
+    if conversation and not is_id(conversation):
+        raise Refusal(404, CONVERSATION_GONE)
+    if not prompt.strip() and not again:
+        raise Refusal(422, "Please type a prompt first.")
+    limits = [
+        ("prompt", prompt, limit),
+        ("system prompt", fields.get("system_prompt", ""), config.max_system_prompt_chars),
+    ]
+    for name, text, most in limits:
+        if len(text) > most:
+            raise Refusal(
+                413, f"The {name} is {len(text):,} characters long; the limit is {most:,}."
+            )
+    model, system_prompt, temperature = (fields.get(name) for name in SETTING_FIELDS)
+    return PromptForm(
+        prompt="" if again else prompt,
+        conversation=conversation,
+        replace=replace,
+        again=again,
+        model=None if model is None else model.strip(),
+        system_prompt=None if system_prompt is None else valid_unicode(system_prompt),
+        temperature=None if temperature is None else temperature.strip(),
+    )
+
+
+SETTING_FIELDS = ("model", "system_prompt", "temperature")  # the form's, in PromptForm's order
 
 
 # --- a conversation's settings: model, system prompt, temperature -------------------------
