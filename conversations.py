@@ -171,14 +171,16 @@ class Conversations:
     def make_room(self) -> None:
         """Forget the least recently used conversations while over a bound (never one
         that is streaming, nor the newest)."""
+        if not self._over_a_bound():
+            return  # the usual case, checked without a look at any conversation
         for conversation in list(self._by_id.values())[:-1]:
-            if (
-                len(self._by_id) <= self.max_conversations
-                and self.kept_chars <= self.max_kept_chars
-            ):
+            if not self._over_a_bound():
                 return
             if not conversation.streaming:
                 self._forget(conversation)
+
+    def _over_a_bound(self) -> bool:
+        return len(self._by_id) > self.max_conversations or self.kept_chars > self.max_kept_chars
 
     def _forget(self, conversation: Conversation) -> None:
         self.kept_chars -= conversation.chars()

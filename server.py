@@ -64,7 +64,7 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -470,7 +470,7 @@ class Store:
         if stream is None or self._expired(stream) or self._resume_too_late(stream):
             raise NotClaimable(UNKNOWN_UID)
         if stream.producer is None:
-            late = self.limits.started_late(self.active(), stream)
+            late = self.limits.started_late(self._streams.values(), stream)
             if late is not None:  # it stopped counting while unopened, and there is no room now
                 self._forget(stream)
                 stream.turn.end("refused", None, late)
@@ -1316,22 +1316,23 @@ class Limits:
         return making_room
 
     @staticmethod
-    def counted(active: list[Stream], now: float) -> list[Stream]:
+    def counted(streams: Iterable[Stream], now: float) -> list[Stream]:
         """The streams that count against the stream limits: generating, or posted
         within PENDING_COUNTS_S and not opened yet."""
         return [
             stream
-            for stream in active
-            if stream.producer is not None or now - stream.created < PENDING_COUNTS_S
+            for stream in streams
+            if not stream.closed
+            and (stream.producer is not None or now - stream.created < PENDING_COUNTS_S)
         ]
 
-    def started_late(self, active: list[Stream], stream: Stream) -> str | None:
+    def started_late(self, streams: Iterable[Stream], stream: Stream) -> str | None:
         """A prompt opened after it stopped counting counts again from now on: why it
         may not start, if that would pass a stream limit; else None."""
         now = time.monotonic()
         if now - stream.created < PENDING_COUNTS_S:
             return None  # it has counted all along
-        counted = [other for other in self.counted(active, now) if other is not stream]
+        counted = [other for other in self.counted(streams, now) if other is not stream]
         if len(counted) >= self.config.max_streams:
             return SERVER_FULL
         mine = sum(other.client == stream.client for other in counted)
