@@ -19,13 +19,15 @@ Routes
 Events on /response-stream, each with an ``id:``, in this order:
     thought        the reasoning so far (its latest part), or a status line;
                    the page replaces the previous thought with it
-    answer_chunk   the next piece of the answer; the page appends it
+    answer_chunk   the next piece of the answer, as HTML: Markdown rendered while
+                   it streams (live_markdown.py); the page appends it
     final_answer   the whole answer as HTML; it replaces #{uid}-final-container
     error          what went wrong; a failed answer's text so far comes first, as
                    a final_answer labelled "The answer so far"
     close          always last, with an empty data line; the page disconnects
 plus ``retry: 1000`` first and a ``: ping`` comment when the stream is quiet.
-Every payload is HTML-escaped text: model output is never trusted as markup.
+Model output is never trusted as markup: every payload is escaped text or HTML
+that markdown-it made from it (with raw HTML off).
 Each event is born in one function, in "the five events" below.
 
 How a stream lives
@@ -68,13 +70,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from markdown_it import MarkdownIt
-from markdown_it.renderer import RendererHTML
 from markupsafe import Markup
 from yarl import URL
 
@@ -91,6 +92,7 @@ from conversations import (
     recent_ids,
     with_recent,
 )
+from live_markdown import LiveMarkdown, highlight_css, make_markdown
 from providers.demo import DemoProvider
 from providers.events import (
     Answer,
@@ -203,9 +205,10 @@ def thought_event(text: str) -> Event:
     return Event("thought", escape_text(text))
 
 
-def answer_chunk_event(text: str) -> Event:
-    """The next piece of the answer; the page appends it."""
-    return Event("answer_chunk", escape_text(text))
+def answer_chunk_event(html: str) -> Event:
+    """The next piece of the answer, as HTML (``LiveMarkdown`` or ``PlainAnswer``
+    made it from the model's text); the page appends it."""
+    return Event("answer_chunk", html)
 
 
 def final_answer_event(rendered: str) -> Event:
@@ -299,7 +302,7 @@ class Stream:
         # What the events so far show, for a page rendered mid-stream (Relay keeps it).
         self.transcript: Transcript | None = None
         self.shown_thought = WAITING
-        self.shown_pieces = 0  # of the transcript's answer pieces
+        self.shown_answer: PageAnswer | None = None  # the answer as the chunks so far show it
 
     @property
     def generating(self) -> bool:
@@ -657,14 +660,13 @@ async def render_turn(app: web.Application, conversation: Conversation, turn: Tu
         transcript = turn.transcript or Transcript()
         final = await render_answer(app, turn.uid, transcript, turn.extras, turn.error)
         return Markup(template.render(turn=turn, cid=conversation.cid, final=Markup(final)))
-    shown = stream.transcript.answer_pieces[: stream.shown_pieces] if stream.transcript else []
     return Markup(
         template.render(
             turn=turn,
             cid=conversation.cid,
             after=len(stream.frames),  # the stream resumes after these
             shown_thought=stream.shown_thought,
-            shown_answer="".join(shown),
+            shown_answer=Markup(stream.shown_answer.html if stream.shown_answer else ""),
         )
     )
 
@@ -793,6 +795,34 @@ class Transcript:
         return stats
 
 
+class PageAnswer(Protocol):
+    """What turns the answer's text into ``answer_chunk`` data, and knows what the page shows."""
+
+    def feed(self, text: str) -> str: ...  # the chunk for the next text ("": none yet)
+    def finish(self) -> str: ...  # the chunk that completes the answer
+    @property
+    def html(self) -> str: ...  # the answer as the chunks so far show it
+
+
+class PlainAnswer:
+    """The answer as plain text (``--plain-stream``): each chunk is the new text,
+    escaped; the page renders the Markdown once, with the final answer."""
+
+    def __init__(self) -> None:
+        self._chunks: list[str] = []
+
+    def feed(self, text: str) -> str:
+        self._chunks.append(escape_text(text))
+        return self._chunks[-1]
+
+    def finish(self) -> str:
+        return ""
+
+    @property
+    def html(self) -> str:
+        return "".join(self._chunks)
+
+
 class Relay:
     """Turns one provider's events into the stream's SSE events, at a pace the page can take.
 
@@ -802,12 +832,15 @@ class Relay:
     ``thought_interval`` (``Throttle``, below the banner).
     """
 
-    def __init__(self, stream: Stream, transcript: Transcript, config: Config) -> None:
+    def __init__(
+        self, stream: Stream, transcript: Transcript, config: Config, shown_answer: PageAnswer
+    ) -> None:
         self.stream = stream
         self.transcript = stream.transcript = transcript
+        self.shown_answer = stream.shown_answer = shown_answer
         self.error: str | None = None  # what the person was told went wrong
         self.hint: str | None = None  # what the operator is told to check
-        self._answer_sent = 0
+        self._answer_sent = 0  # of the transcript's answer pieces
         self.max_chars = config.max_answer_chars
         self.answer = Throttle(config.answer_window)
         self.thought = Throttle(config.thought_interval)
@@ -866,8 +899,12 @@ class Relay:
     def _send_answer(self) -> None:
         pieces = self.transcript.answer_pieces
         text = "".join(pieces[self._answer_sent :])
-        self._answer_sent = self.stream.shown_pieces = len(pieces)
-        self.stream.append(answer_chunk_event(text))
+        self._answer_sent = len(pieces)
+        self._show_answer(self.shown_answer.feed(text))
+
+    def _show_answer(self, html: str) -> None:
+        if html:  # (a chunk may show nothing yet: the start of a table row, say)
+            self.stream.append(answer_chunk_event(html))
 
     def fail(self, message: str, answer_so_far: str | None) -> None:
         """The stream failed: the answer so far, rendered (if there was any), then why."""
@@ -884,8 +921,10 @@ class Relay:
         self.stream.append(final_answer_event(rendered_answer))
 
     def flush(self) -> None:
+        """Send what waits; the answer's last block is complete now."""
         self.thought.flush(self._send_reasoning)
         self.answer.flush(self._send_answer)
+        self._show_answer(self.shown_answer.finish())
 
     def discard(self) -> None:
         """Cancel the pending sends: nothing may follow `close`."""
@@ -903,7 +942,12 @@ async def produce(app: web.Application, stream: Stream) -> None:
     """
     config = app[CONFIG]
     transcript = Transcript()
-    relay = Relay(stream, transcript, config)
+    shown: PageAnswer = (
+        PlainAnswer()
+        if config.plain_stream
+        else LiveMarkdown(app[MARKDOWN], f"{stream.uid}-answer-stream")
+    )
+    relay = Relay(stream, transcript, config, shown)
     outcome = "abandoned"  # cancelled because nobody was listening
     view: dict[str, Any] | None = None
 
@@ -955,6 +999,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         transcript.compact()
         stream.turn.end(outcome, transcript, error, view or answer_view(app, stream, transcript))
         stream.end()  # `close`, always last
+        stream.shown_answer = None  # a page now shows the final answer
         log_stream(app, stream, outcome, transcript, _joined(relay.error, relay.hint))
         await app[STORE].finished(stream)
 
@@ -1191,8 +1236,11 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    app[MARKDOWN] = markdown = make_markdown()
+    app[HIGHLIGHT_CSS] = highlight_css()
     env.filters["text"] = text_filter
-    env.filters["markdown"] = markdown_filter(make_markdown())
+    env.filters["markdown"] = markdown_filter(markdown)
+    env.globals["plain_stream"] = config.plain_stream
     if provider is None:
         app.cleanup_ctx.append(provider_ctx)
     else:
@@ -1208,6 +1256,7 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     app.router.add_get("/response-stream", response_stream)
     app.router.add_post("/stop", stop_stream)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/highlight.css", code_colours)
     app.router.add_get("/vendor/{filename}", vendor_file)
     app.router.add_static("/static/", STATIC_DIR)
     return app
@@ -1908,7 +1957,10 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
         response.headers.setdefault(name, value)
 
 
-# --- Markdown for the final answer --------------------------------------------------------
+# --- Markdown ------------------------------------------------------------------------------
+# The rendering itself, while the answer streams and at its end: live_markdown.py.
+
+MARKDOWN: web.AppKey[MarkdownIt] = web.AppKey("markdown")
 
 
 def text_filter(text: str) -> Markup:
@@ -1916,42 +1968,21 @@ def text_filter(text: str) -> Markup:
     return Markup(escape_text(text))
 
 
-COPY_CODE_BUTTON = '<button type="button" class="copy" data-copy="code">Copy</button>'
-
-
-def make_markdown() -> MarkdownIt:
-    """The final answer's renderer: CommonMark and tables, with code blocks that
-    get a copy button. Raw HTML in the answer stays text (``html: False``) and
-    markdown-it refuses unsafe link schemes such as ``javascript:``."""
-    markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-    renderer = markdown.renderer
-    assert isinstance(renderer, RendererHTML)
-    for rule in ("fence", "code_block"):
-        render_code = renderer.rules[rule]
-
-        def with_copy_button(_renderer, tokens, index, options, env, render_code=render_code):
-            code = render_code(tokens, index, options, env)
-            return f'<div class="code-block">{COPY_CODE_BUTTON}{code}</div>'
-
-        markdown.add_render_rule(rule, with_copy_button)
-    for rule in ("th_open", "td_open"):
-        markdown.add_render_rule(rule, aligned_cell)
-    return markdown
-
-
-def aligned_cell(renderer, tokens, index, options, env):
-    """A table cell aligned by a class, not by markdown-it's inline style: the
-    Content-Security-Policy (style-src 'self') forbids inline styles."""
-    cell = tokens[index]
-    style = cell.attrs.pop("style", None)
-    if isinstance(style, str) and style.startswith("text-align:"):
-        cell.attrSet("class", "align-" + style.removeprefix("text-align:"))
-    return renderer.renderToken(tokens, index, options, env)
-
-
 def markdown_filter(markdown: MarkdownIt) -> Callable[[str], Markup]:
-    """Jinja filter: the answer rendered once, at the end (never per token)."""
+    """Jinja filter: the whole answer rendered, for the final answer."""
     return lambda text: Markup(markdown.render(text))
+
+
+async def code_colours(request: web.Request) -> web.Response:
+    """GET /highlight.css: the colours of highlighted code (Pygments' classes)."""
+    return web.Response(
+        text=request.app[HIGHLIGHT_CSS],
+        content_type="text/css",
+        headers={"Cache-Control": "max-age=3600"},
+    )
+
+
+HIGHLIGHT_CSS: web.AppKey[str] = web.AppKey("highlight_css")
 
 
 # --- htmx, served from node_modules or a CDN ----------------------------------------------
@@ -2172,6 +2203,11 @@ class Config:
     ping_interval: float = setting(
         15.0, "seconds between ': ping' comments on a quiet stream (proxies close silent ones)",
         group=TUNING, convert=positive(float),
+    )  # fmt: skip
+    plain_stream: bool = setting(
+        False, "stream the answer as plain text and render its Markdown once, at the end "
+        "(the simplest answer_chunk to look at)",
+        group=TUNING,
     )  # fmt: skip
     answer_window: float = setting(
         0.04, "seconds answer text may wait to be sent together with what follows "

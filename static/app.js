@@ -180,7 +180,7 @@ document.addEventListener("click", async (event) => {
   }
   const source = button.dataset.copy === "answer"
     ? button.closest(".final-container").querySelector(".answer-source")
-    : button.parentElement.querySelector("code");
+    : button.closest(".code-block").querySelector("code");
   try {
     await navigator.clipboard.writeText(source.textContent);
     button.textContent = "Copied";

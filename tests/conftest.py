@@ -78,6 +78,10 @@ class ScriptedProvider:
 
 
 TEST_DEFAULTS = {
+    # The relay's tests read an answer as its chunks joined: plain, escaped text.
+    # Markdown rendered while it streams has its own tests (test_live_markdown.py,
+    # and the browser tests, which run the app's real defaults).
+    "plain_stream": True,
     "demo_delay": 0.0,
     "answer_window": 0.0,
     "thought_interval": 0.0,

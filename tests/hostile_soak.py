@@ -64,7 +64,7 @@ import aiohttp
 
 from tests.snippet import uid_from_snippet
 from tests.soak import expected_answer, read_some, resident_kb, settle
-from tests.sse_client import SSEEvent, answer_of, parse_stream
+from tests.sse_client import SSEEvent, parse_stream, shows_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the server listens here; /healthz is asked from here too
@@ -477,7 +477,7 @@ class Clients:
             honest.failed.append(f"{name}: {error!r}")
             return 0.0
         names = [event.event for event in events]
-        exact = answer_of(events) == await expected_answer(prompt)
+        exact = shows_answer(events, await expected_answer(prompt))
         if names[-2:] == ["final_answer", "close"] and exact and first_at is not None:
             honest.exact += 1
             honest.to_first_event.append(first_at - started)

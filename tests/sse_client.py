@@ -13,7 +13,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from live_markdown import make_markdown
+from tests.answer_dom import AnswerModel, normalized
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_MARKDOWN = make_markdown()
 
 
 @dataclass
@@ -51,3 +55,16 @@ def parse_stream(text: str) -> tuple[list[SSEEvent], list[str]]:
 def answer_of(events: Iterable[SSEEvent]) -> str:
     """The answer text the page shows: the ``answer_chunk`` data, joined and unescaped."""
     return "".join(html.unescape(e.data) for e in events if e.event == "answer_chunk")
+
+
+def shows_answer(events: Iterable[SSEEvent], answer: str) -> bool:
+    """Whether the ``answer_chunk`` events build exactly ``answer`` on the page: the
+    text itself (``--plain-stream``), or its Markdown rendered block by block, equal
+    to the whole answer rendered at once (tests/answer_dom.py builds the page)."""
+    chunks = [event.data for event in events if event.event == "answer_chunk"]
+    if not chunks or not chunks[0].startswith("<"):  # plain text: the first chunk has no tag
+        return "".join(html.unescape(chunk) for chunk in chunks) == answer
+    page = AnswerModel()
+    for chunk in chunks:
+        page.apply(chunk)
+    return page.html() == normalized(_MARKDOWN.render(answer))

@@ -1,9 +1,10 @@
-"""The final answer is rendered as Markdown once, at the end, and safely."""
+"""The answer's Markdown is rendered safely: raw HTML stays text, unsafe links are
+refused, code is highlighted with classes, links open a new tab."""
 
 import pytest
 
 from providers.events import Answer
-from server import make_markdown
+from live_markdown import make_markdown
 from tests.conftest import ScriptedProvider, post_prompt, read_stream
 
 render = make_markdown().render
@@ -13,17 +14,24 @@ CASES = [
     ("emphasis", "**bold** and _it_", "<p><strong>bold</strong> and <em>it</em></p>\n"),
     ("list", "- a\n- b", "<ul>\n<li>a</li>\n<li>b</li>\n</ul>\n"),
     ("table", "|a|b|\n|-|-|\n|1|2|", "<td>1</td>"),
-    ("link", "[site](https://example.org)", '<a href="https://example.org">site</a>'),
+    ("link-opens-a-new-tab", "[site](https://example.org)",
+     '<a href="https://example.org" target="_blank" rel="noopener noreferrer">site</a>'),
     ("raw-html-stays-text", "<img src=x onerror=alert(1)>", "&lt;img src=x onerror=alert(1)&gt;"),
     ("script-stays-text", "<script>alert(1)</script>", "&lt;script&gt;"),
     ("javascript-link-refused", "[x](javascript:alert(1))", "<p>[x](javascript:alert(1))</p>"),
     ("data-link-refused", "[x](data:text/html,hi)", "<p>[x](data:text/html,hi)</p>"),
-    ("fenced-code-with-copy", "```py\nprint(1)\n```",
-     '<div class="code-block"><button type="button" class="copy" data-copy="code">Copy</button>'
-     '<pre><code class="language-py">print(1)\n</code></pre>\n</div>'),
+    ("fenced-code-highlighted-with-its-language-and-copy", "```py\nprint(1)\n```",
+     '<div class="code-block"><div class="code-head"><span class="lang">py</span>'
+     '<button type="button" class="copy" data-copy="code">Copy</button></div>'
+     '<pre><code class="language-py"><span class="nb">print</span><span class="p">(</span>'
+     '<span class="mi">1</span><span class="p">)</span>\n</code></pre></div>\n'),
+    ("unknown-language-is-escaped-not-highlighted", "```brainfuck\n<+>\n```",
+     '<pre><code class="language-brainfuck">&lt;+&gt;\n</code></pre>'),
+    ("hostile-language-name-is-escaped", '```"><script>x\ny\n```',
+     '<span class="lang">&quot;&gt;&lt;script&gt;x</span>'),
     ("aligned-table-uses-classes-not-inline-styles", "|a|b|\n|:-:|-:|\n|1|2|",
      '<td class="align-center">1</td>\n<td class="align-right">2</td>'),
-    ("indented-code-with-copy", "    x = 1\n", 'data-copy="code">Copy</button><pre><code>x = 1\n'),
+    ("indented-code-with-copy", "    x = 1\n", 'data-copy="code">Copy</button></div><pre><code>x = 1\n'),
 ]  # fmt: skip
 
 
