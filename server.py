@@ -103,6 +103,7 @@ from providers.events import (
     ProviderEvent,
     Reasoning,
     Status,
+    Undecided,
     Usage,
 )
 from providers.openai import (
@@ -724,6 +725,14 @@ FINISH_NOTES = {
 INLINE_RENDER_CHARS = 20_000
 
 
+def latest_part(text: str) -> str:
+    """What the thought line shows of a long text: its end, cut at a space."""
+    if len(text) <= THOUGHT_TAIL_CHARS:
+        return text
+    tail = text[-THOUGHT_TAIL_CHARS:]
+    return "…" + tail[tail.find(" ") + 1 :]
+
+
 @dataclass
 class Transcript:
     """What one stream has produced so far, for the final answer and the log line."""
@@ -771,11 +780,7 @@ class Transcript:
 
     def thought(self) -> str:
         """The latest part of the reasoning, cut at a space."""
-        reasoning = self.reasoning
-        if len(reasoning) <= THOUGHT_TAIL_CHARS:
-            return reasoning
-        tail = reasoning[-THOUGHT_TAIL_CHARS:]
-        return "…" + tail[tail.find(" ") + 1 :]
+        return latest_part(self.reasoning)
 
     def reasoning_seconds(self) -> float | None:
         if not self.reasoning_pieces or self.first_token_at is None:
@@ -829,7 +834,14 @@ class Relay:
     Answer text goes out as soon as it arrives, then at most once per
     ``answer_window`` (a 1,000 tokens/s model would otherwise cost the page
     1,000 swaps a second). The thought line is refreshed at most every
-    ``thought_interval`` (``Throttle``, below the banner).
+    ``thought_interval`` (``Throttle``, below the banner), the first time at once.
+
+    Text whose kind is not known yet (``Undecided``: it may be reasoning)
+    shows in the thought line as it comes, never in the answer box, which
+    cannot take text back. When it turns out to be answer, the answer box gets
+    it and the thought line says ``WRITING``; when it turns out to be
+    reasoning, the thought line goes on with it. If the provider ends before
+    its kind is known (Stop, a time limit), it is answer (``undecided_is_answer``).
     """
 
     def __init__(
@@ -844,6 +856,11 @@ class Relay:
         self.max_chars = config.max_answer_chars
         self.answer = Throttle(config.answer_window)
         self.thought = Throttle(config.thought_interval)
+        # Text whose kind is not known yet: all of it (the answer, if the provider
+        # ends first), when it came, and its end (for the thought line).
+        self._undecided: list[str] = []
+        self._undecided_since: float | None = None
+        self._undecided_tail = ""
 
     def take(self, event: ProviderEvent) -> str | None:
         """Take one provider event; if it ends the stream, the outcome: "failed",
@@ -853,21 +870,26 @@ class Relay:
             case Status(text):
                 self.thought.discard()  # the status is newer than any pending reasoning
                 self.show_thought(text)
+            case Undecided(text) if text:
+                self._show_undecided(text)
             case Reasoning(text, sent_at) if text:
+                self._settle_undecided()
                 transcript.mark_token(sent_at)
                 room = self.max_chars - transcript.reasoning_chars
                 transcript.add_reasoning(text[:room])
-                self.thought.poke(self._send_reasoning)
+                self.thought.poke(self._send_thought)
                 if len(text) > room:
                     return self.cap()
             case Answer(text, sent_at) if text:
+                self._settle_undecided()
                 transcript.mark_token(sent_at)
                 if transcript.reasoning_done_at is None:
                     transcript.reasoning_done_at = time.monotonic()
                     if transcript.reasoning_pieces:
                         # The reasoning's last words, before the answer.
-                        self.thought.flush(self._send_reasoning)
+                        self.thought.flush(self._send_thought)
                     else:
+                        self.thought.discard()  # no undecided text may come back over it
                         self.show_thought(WRITING)
                 room = self.max_chars - transcript.answer_chars
                 transcript.add_answer(text[:room])
@@ -893,8 +915,34 @@ class Relay:
         self.stream.append(thought_event(text), replaces_previous=True)
         self.stream.shown_thought = text
 
-    def _send_reasoning(self) -> None:
-        self.show_thought(self.transcript.thought())
+    def _show_undecided(self, text: str) -> None:
+        """Text that may be reasoning or answer: the thought line shows it (the
+        first at once), so that nobody waits for the hold to see the model's words."""
+        if not self._undecided:
+            self._undecided_since = time.monotonic()
+        self._undecided.append(text)
+        # The end apart, so that each thought does not join the whole text again;
+        # one character more than a thought shows, so that latest_part() sees the cut.
+        self._undecided_tail = (self._undecided_tail + text)[-(THOUGHT_TAIL_CHARS + 1) :]
+        self.thought.poke(self._send_thought)
+
+    def _settle_undecided(self) -> None:
+        """Reasoning or answer came: it holds the undecided text again, with its kind."""
+        if self._undecided:
+            self._undecided.clear()
+            self._undecided_tail = ""
+
+    def undecided_is_answer(self) -> None:
+        """The provider ended before the kind of the text it showed was known (a
+        Stop, a time limit): that text is answer, as held text at the end of a
+        stream is (providers/think_tags.py), and the person who saw it keeps it."""
+        if self._undecided:
+            self.take(Answer("".join(self._undecided), self._undecided_since))
+
+    def _send_thought(self) -> None:
+        """The thought line as it stands: the latest reasoning, or else the
+        latest text whose kind is not known yet."""
+        self.show_thought(self.transcript.thought() or latest_part(self._undecided_tail))
 
     def _send_answer(self) -> None:
         pieces = self.transcript.answer_pieces
@@ -922,7 +970,7 @@ class Relay:
 
     def flush(self) -> None:
         """Send what waits; the answer's last block is complete now."""
-        self.thought.flush(self._send_reasoning)
+        self.thought.flush(self._send_thought)
         self.answer.flush(self._send_answer)
         self._show_answer(self.shown_answer.finish())
 
@@ -961,14 +1009,17 @@ async def produce(app: web.Application, stream: Stream) -> None:
 
     try:
         async with asyncio.timeout(config.max_duration):
-            async with aclosing(app[PROVIDER].stream(stream.request)) as events:
-                async for event in events:
-                    ending = relay.take(event)
-                    if ending is not None:
-                        outcome = ending  # leaving the loop closes the provider
-                        break
-                else:
-                    outcome = "done"
+            try:
+                async with aclosing(app[PROVIDER].stream(stream.request)) as events:
+                    async for event in events:
+                        ending = relay.take(event)
+                        if ending is not None:
+                            outcome = ending  # leaving the loop closes the provider
+                            break
+                    else:
+                        outcome = "done"
+            finally:
+                relay.undecided_is_answer()  # however the provider ended
         if outcome in ("done", CAPPED):
             view = answer_view(app, stream, transcript)
             relay.finish(await render_answer(app, stream.uid, transcript, view))

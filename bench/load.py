@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.protocol import Directive, answer_is_exact, read_tokens
+from bench.protocol import Directive, answer_is_exact, read_tokens, token_text
 from tests.snippet import STREAM_URL, uid_from_snippet
 
 BLOCK_END = b"\n\n"  # both servers under test end events with a bare LF pair
@@ -132,6 +132,20 @@ class Received:
             for _, stamp in read_tokens(text)
             if stamp is not None
         ]
+
+    def first_text_ns(self) -> int | None:
+        """From the upstream sending the first token to the first event that shows
+        it: a ``thought`` (text not yet known to be answer) or an ``answer_chunk``."""
+        tokens = read_tokens("".join(text for _, text in self.chunks()))
+        if not tokens or tokens[0][1] is None:
+            return None  # no stamped first token to time
+        index, sent_ns = tokens[0]
+        # Stripped: a thought does not show the white space before the first word.
+        first = token_text(index, sent_ns).strip()
+        for received_ns, name, data in self.events():
+            if name in ("thought", "answer_chunk") and first in html.unescape(data):
+                return received_ns - sent_ns
+        return None
 
     def first_event_ns(self) -> int | None:
         """From sending the prompt to the first event (a relay's first thought)."""

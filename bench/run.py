@@ -17,6 +17,9 @@ sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
   client read per token, p50/p99, and the time to the first event; with
   coalescing off, with the default window, and straight from the upstream
   (the floor: what the machine and the client cost without any relay).
+- First answer text: a handful of untagged answers through the app with its
+  default reasoning hold (a fresh process); upstream send of the first token →
+  the client reading the first event that shows it.
 - S3 held streams: thousands of streams at one token a second, held open;
   how many stay alive, memory per stream, latency (a fresh app each size).
 - S4 prompt round trips: POST + GET + one token + close, 20 loops at once.
@@ -55,18 +58,21 @@ from bench.protocol import Directive  # noqa: E402
 
 #: The app with every limit out of the way: the benchmark is one client IP
 #: sending thousands of prompts a minute. Grace 0: a stream whose browser
-#: left is let go at once (the upstream-release figure). Reasoning hold 0:
-#: the fake model's answers are untagged, and the default hold would keep
-#: the first second of every answer back in case a </think> follows.
-APP_FLAGS = [
+#: left is let go at once (the upstream-release figure).
+LIMITS_LIFTED = [
     "--provider", "openai", "--model", "bench",
     # Every per-client limit lifted (each must stay below its global one):
     # the load comes from one address.
     "--max-streams", "1000000", "--max-streams-per-client", "999999",
     "--prompts-per-minute", "1000000000", "--max-pending", "1000000",
     "--max-pending-per-client", "999999", "--max-requests-per-client", "1000000",
-    "--grace-period", "0", "--reasoning-hold", "0",
+    "--grace-period", "0",
 ]  # fmt: skip
+#: Reasoning hold 0, for every app but the first-text one: the fake model's
+#: answers are untagged, and the default hold keeps the first second of each
+#: out of the answer box in case a </think> follows (a product choice, not a
+#: relay cost).
+APP_FLAGS = [*LIMITS_LIFTED, "--reasoning-hold", "0"]
 DEFAULT_WINDOW = None  # the app's own --answer-window default
 WARM_UP_STREAMS = 20  # first requests compile templates, fill caches: not measured
 WARM_UP_TOKENS = 20
@@ -93,6 +99,9 @@ class Plan:
     release_sizes: tuple[int, ...]
     release_delay: float
     browser_seconds: float
+    first_text_streams: int
+    first_text_tokens: int
+    first_text_delay: float  # tokens x delay: longer than the app's reasoning hold
     limit_s: float  # the whole run, at most
 
 
@@ -111,6 +120,9 @@ FULL = Plan(
     release_sizes=(100, 1000),
     release_delay=0.5,
     browser_seconds=3.0,
+    first_text_streams=8,
+    first_text_tokens=15,
+    first_text_delay=0.1,
     limit_s=420.0,
 )
 #: The same scenarios, smaller and once each: under a minute.
@@ -143,10 +155,12 @@ class Servers:
         process.wait_ready(path)
         return process
 
-    def app(self, name: str, window: float | None = DEFAULT_WINDOW) -> Process:
+    def app(self, name: str, window: float | None = DEFAULT_WINDOW, hold: bool = False) -> Process:
+        """The app; ``hold``: with its default reasoning hold (see ``APP_FLAGS``)."""
         window_flags = [] if window is None else ["--answer-window", str(window)]
+        flags = LIMITS_LIFTED if hold else APP_FLAGS
         base_url = ["--base-url", f"{self.upstream.base}/v1"]
-        return self._start(name, ["server.py", *APP_FLAGS, *base_url, *window_flags])
+        return self._start(name, ["server.py", *flags, *base_url, *window_flags])
 
     def peer(self) -> Process:
         return self._start(
@@ -185,11 +199,11 @@ async def interleaved(
 
 
 def median(runs: list[dict]) -> dict:
-    """The median of each figure over the runs; answers checked and exact, summed."""
+    """The median of each figure over the runs; answers checked, exact and timed, summed."""
     merged: dict = {}
     for key, value in runs[0].items():
         values = [run[key] for run in runs]
-        if key in ("checked", "exact"):
+        if key in ("checked", "exact", "timed"):
             merged[key] = sum(values)
         elif isinstance(value, int | float) and None not in values:
             merged[key] = statistics.median(values)
@@ -213,6 +227,7 @@ class Bench:
         await self.start_relays()
         await self.section("s1", ["app", "app-w0", "peer"], self.s1)
         await self.section("s2", ["floor", "app-w0", "app", "peer"], self.s2)
+        await self.first_text()
         await self.section("s4", ["floor", "app", "peer"], self.s4)
         for size in self.plan.release_sizes:
             await self.section(f"release-{size}", ["floor", "app", "peer"], self.release(size))
@@ -255,6 +270,26 @@ class Bench:
         plan = self.plan
         return await scenarios.latency(
             self.targets[name], plan.s2_streams, plan.s2_tokens, plan.s2_delay, S2_SPREAD_S
+        )
+
+    async def first_text(self) -> None:
+        """The app as shipped, its reasoning hold on, on a fresh process of its own."""
+        process = self.servers.app("app-hold", hold=True)
+        try:
+            await warm_up(process)
+            self.targets["app-hold"] = target(process)
+            await self.section("first-text", ["app-hold"], self.first_text_run)
+        finally:
+            self.servers.stop(process)
+
+    async def first_text_run(self, name: str) -> dict:
+        plan = self.plan
+        return await scenarios.first_text(
+            self.targets[name],
+            plan.first_text_streams,
+            plan.first_text_tokens,
+            plan.first_text_delay,
+            S2_SPREAD_S,
         )
 
     async def s4(self, name: str) -> dict:

@@ -105,6 +105,30 @@ async def latency(target: Target, streams: int, tokens: int, delay: float, sprea
     }
 
 
+# --- first answer text with the app's default settings -------------------------------------
+
+
+async def first_text(
+    target: Target, streams: int, tokens: int, delay: float, spread_s: float
+) -> dict:
+    """Untagged answers through an app with its default reasoning hold: from the
+    upstream sending the first token to the client reading the first event that
+    shows it (a thought while its kind is not known yet, or an answer chunk).
+
+    Each stream lasts longer than the hold (``tokens * delay``), as a real
+    answer does, so text held back until the hold ends would show in the figure.
+    """
+    orders = directives("first", streams, tokens=tokens, delay=delay, stamp=True)
+    received, _ = await run_many(target, orders, STREAM_LIMIT_S, spread_s)
+    delays = [ns for stream in received if (ns := stream.first_text_ns()) is not None]
+    return {
+        "p50_ms": milliseconds(delays, 0.50),
+        "max_ms": milliseconds(delays, 1.0),
+        "timed": len(delays),
+        **checked(received),
+    }
+
+
 # --- S3: held streams, and upstream release -----------------------------------------------
 
 

@@ -8,8 +8,8 @@ sees a provider's wire format (no ``choices[0].delta`` outside ``providers/``).
 The contract of ``Provider.stream(request)``, where ``request`` is a
 ``ChatRequest`` (the conversation so far, ending with the new prompt):
 
-- it yields any number of ``Status``, ``Reasoning``, ``Answer`` and ``Usage``
-  events, in the order the model produced them;
+- it yields any number of ``Status``, ``Undecided``, ``Reasoning``, ``Answer``
+  and ``Usage`` events, in the order the model produced them;
 - it may yield one ``Finished`` with the model's stop reason;
 - it ends after a ``Failure`` (the message is shown to the person as it is,
   so it must be short, readable and free of secrets);
@@ -42,6 +42,22 @@ class Reasoning:
 
     text: str
     sent_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undecided:
+    """The next piece of text whose kind is not known yet: it may be reasoning or answer.
+
+    A provider that cannot tell at once (inline ``<think>`` tags:
+    providers/think_tags.py) gives its text out as it comes, to be shown where
+    it can be replaced (the thought line), never appended to the answer. The
+    next ``Reasoning`` or ``Answer`` settles every undecided piece before it:
+    it holds their text again, now with its kind. A provider settles it before
+    it ends; if the stream is cut short first (Stop), the server keeps it as
+    answer, as held text is at the end of a stream.
+    """
+
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +99,7 @@ class Failure:
     hint: str | None = None
 
 
-ProviderEvent = Status | Reasoning | Answer | Usage | Finished | Failure
+ProviderEvent = Status | Undecided | Reasoning | Answer | Usage | Finished | Failure
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ How a stream is read:
   ``reasoning_details`` (OpenRouter's mirror of ``reasoning``): one of them,
   never two. JSON ``null`` and missing keys mean "nothing".
 - Content may carry inline ``<think>…</think>``; ``providers.think_tags`` splits
-  it, holding back text whose kind is not known yet so that reasoning is never
-  given out as answer. Its rules are in that module's docstring.
+  it, holding back from the answer text whose kind is not known yet so that
+  reasoning is never given out as answer. Meanwhile that text is given out as
+  ``Undecided``, to be shown at once. Its rules are in that module's docstring.
 - ``usage`` may be on any chunk (xAI sends it on all of them); the last one
   seen is reported once, at the end. ``finish_reason`` ends the answer; what
   follows it (the usage chunk, ``[DONE]``) is optional. A stream that ends
@@ -195,8 +196,8 @@ class OpenAISettings:
     #: (see ``providers.think_tags``): 0 turns that off, ``math.inf`` waits
     #: for as long as it takes, but for no more than ``MAX_HELD_CHARS`` of text.
     reasoning_hold: float = setting(
-        1.0, "seconds untagged text is held back in case a </think> follows "
-        "(0 = off; see providers/think_tags.py)",
+        1.0, "seconds untagged text is held back from the answer (shown as a thought "
+        "meanwhile) in case a </think> follows (0 = off; see providers/think_tags.py)",
         group=MODEL_SERVER, convert=not_negative,
     )  # fmt: skip
 

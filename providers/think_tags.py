@@ -10,7 +10,8 @@ vLLM without a reasoning parser, Groq's ``raw`` format, LM Studio without
 
 The rule this module keeps: **reasoning is never given out as answer.** An
 answer piece cannot be taken back (the page appends it), so text whose kind is
-not known yet is held back until it is:
+not known yet is held back from the answer until it is (and shown meanwhile,
+rule 7):
 
 1. ``<think>`` counts only at the start of the content, after optional white
    space (as much as rule 6 allows). From there to ``</think>`` everything is
@@ -42,6 +43,15 @@ not known yet is held back until it is:
    so a tag in the piece that goes past it still counts. Reasoning opened by
    ``<think>`` is given out as it comes, so the bound never turns it into
    answer.
+7. Held text is held back from the answer, not hidden: each piece of it is
+   also given out as it comes, as ``Undecided``, once it has been searched
+   for ``</think>`` (a trailing piece that could start the tag waits for the
+   next, as in rule 3). Undecided text is only for showing where it can be
+   replaced, such as the page's thought line; the ``Reasoning`` or ``Answer``
+   that settles it holds all of it again. So the first words of a model that
+   does not reason are seen at once, not ``hold`` seconds later. White space
+   and part of ``<think>`` at the very start are not given out so: there is
+   nothing to see in them yet.
 
 The splitter is pure: the caller passes the time (``now``, in seconds on any
 monotonic clock) and asks it to ``poll()`` when ``hold_deadline`` passes.
@@ -53,7 +63,7 @@ from __future__ import annotations
 
 import enum
 
-from providers.events import Answer, Reasoning
+from providers.events import Answer, Reasoning, Undecided
 
 OPEN_TAG = "<think>"
 CLOSE_TAG = "</think>"
@@ -63,11 +73,11 @@ CLOSE_TAG = "</think>"
 MAX_HELD_CHARS = 256 * 1024
 _ANSWER_LEADING_BREAKS = "\r\n"
 
-Piece = Reasoning | Answer
+Piece = Reasoning | Answer | Undecided
 
 
 class _Mode(enum.Enum):
-    UNDECIDED = "nothing but white space or part of <think> so far"
+    STARTING = "nothing but white space or part of <think> so far"
     THINKING = "inside <think>, waiting for </think>"
     HOLDING = "untagged text that may still turn out to be reasoning"
     ANSWERING = "everything from here on is answer"
@@ -82,14 +92,15 @@ def _partial_tag_length(text: str, tag: str) -> int:
 
 
 class ThinkTagSplitter:
-    """Turns content pieces into ``Reasoning`` and ``Answer`` pieces (see the module docstring)."""
+    """Turns content pieces into ``Reasoning``, ``Answer`` and ``Undecided`` pieces
+    (see the module docstring)."""
 
     def __init__(self, hold: float) -> None:
         self._hold = hold
-        self._mode = _Mode.UNDECIDED
+        self._mode = _Mode.STARTING
         self._buffer = ""
         # Kept-back text already looked at, in pieces: the white space before
-        # the first word while undecided, the held text while holding. Moved
+        # the first word while starting, the held text while holding. Moved
         # here from the buffer, it is searched once and joined once, so that
         # a long run of small pieces costs linear time, not quadratic.
         self._set_aside: list[str] = []
@@ -137,7 +148,7 @@ class ThinkTagSplitter:
     def _advance(self, now: float) -> list[Piece]:
         pieces: list[Piece] = []
         while self._buffer or self._set_aside:
-            if self._mode is _Mode.UNDECIDED:
+            if self._mode is _Mode.STARTING:
                 if not self._decide():
                     break
             elif self._mode is _Mode.THINKING:
@@ -150,10 +161,10 @@ class ThinkTagSplitter:
                     deadline = self.hold_deadline
                     in_time = deadline is not None and now < deadline
                     if in_time and not self._too_much_kept_back():
-                        # Searched: only a tag's possible start stays in the buffer.
-                        self._put_aside(
-                            len(self._buffer) - _partial_tag_length(self._buffer, CLOSE_TAG)
-                        )
+                        # Searched: only a tag's possible start stays in the buffer,
+                        # and the rest is shown meanwhile (rule 7).
+                        searched = len(self._buffer) - _partial_tag_length(self._buffer, CLOSE_TAG)
+                        pieces += self._undecided(self._put_aside(searched))
                         break
                     self._mode = _Mode.ANSWERING
             else:
@@ -165,11 +176,15 @@ class ThinkTagSplitter:
         text, self._buffer = self._buffer[:length], self._buffer[length:]
         return text
 
-    def _put_aside(self, length: int) -> None:
-        """Move the first ``length`` characters of the buffer, already searched, aside."""
-        if length:
-            self._set_aside.append(self._take(length))
-            self._set_aside_chars += length
+    def _put_aside(self, length: int) -> str:
+        """Move the first ``length`` characters of the buffer, already searched, aside;
+        return them."""
+        if not length:
+            return ""
+        text = self._take(length)
+        self._set_aside.append(text)
+        self._set_aside_chars += length
+        return text
 
     def _drop_set_aside(self) -> None:
         self._set_aside.clear()
@@ -216,6 +231,9 @@ class ThinkTagSplitter:
         self._mode = _Mode.ANSWERING
         self._held_since = None  # whatever was held is out: the answer comes as it comes
         return True
+
+    def _undecided(self, text: str) -> list[Piece]:
+        return [Undecided(text)] if text else []
 
     def _reasoning(self, text: str) -> list[Piece]:
         if not text:

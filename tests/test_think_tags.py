@@ -3,7 +3,8 @@
 Each case is a list of ``(seconds, content piece)`` and the reasoning and
 answer that must come out. The invariant behind every row: text is given out
 as reasoning or as answer, never as both, and never as answer before it is
-known not to be reasoning.
+known not to be reasoning. Until its kind is known, held text is given out as
+``Undecided`` too, to be shown, and comes again in the piece that settles it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import tracemalloc
 
 import pytest
 
-from providers.events import Answer, Reasoning
+from providers.events import Answer, Reasoning, Undecided
 from providers.think_tags import MAX_HELD_CHARS, ThinkTagSplitter
 
 HOLD = 1.0
-Piece = Reasoning | Answer
+Piece = Reasoning | Answer | Undecided
 
 
 def split(pieces: list[tuple[float, str]], hold: float = HOLD) -> list[Piece]:
@@ -77,7 +78,7 @@ def test_reasoning_streams_out_before_the_close_tag() -> None:
 
 def test_held_text_waits_for_the_hold_deadline() -> None:
     splitter = ThinkTagSplitter(HOLD)
-    assert splitter.feed("Hello", 10.0) == []
+    assert splitter.feed("Hello", 10.0) == [Undecided("Hello")]  # shown, not yet answer
     assert splitter.hold_deadline == 10.0 + HOLD
     assert splitter.poll(10.5) == []
     assert splitter.poll(11.0) == [Answer("Hello", sent_at=10.0)]  # says when it came
@@ -93,7 +94,11 @@ def test_hold_zero_gives_untagged_text_at_once() -> None:
 def test_infinite_hold_waits_for_the_close_tag() -> None:
     out = split([(0, "Long thought"), (3600, "</think>Answer")], hold=math.inf)
     # The held text was reasoning, and says when it came; the answer was not held.
-    assert out == [Reasoning("Long thought", sent_at=0), Answer("Answer")]
+    assert out == [
+        Undecided("Long thought"),
+        Reasoning("Long thought", sent_at=0),
+        Answer("Answer"),
+    ]
 
 
 def test_server_reasoning_turns_tags_off() -> None:
@@ -104,8 +109,68 @@ def test_server_reasoning_turns_tags_off() -> None:
 
 def test_server_reasoning_after_held_text_releases_it_as_answer() -> None:
     splitter = ThinkTagSplitter(HOLD)
-    assert splitter.feed("Early", 0) == []
+    assert splitter.feed("Early", 0) == [Undecided("Early")]
     assert splitter.server_reasoning() == [Answer("Early", sent_at=0)]
+
+
+# --- held text is shown while its kind is not known (rule 7) ---
+
+SHOWN_CASES = {
+    "held-text-shows-at-once-then-is-answer": (
+        [(0, "Hello"), (0.5, " there"), (1.5, "!")],
+        [Undecided("Hello"), Undecided(" there"), Answer("Hello there", sent_at=0), Answer("!")],
+    ),
+    "held-text-shows-at-once-then-is-reasoning": (
+        [(0, "Hm."), (0.5, " Four."), (0.7, " Yes.</think>4")],
+        [Undecided("Hm."), Undecided(" Four."), Reasoning("Hm. Four. Yes.", sent_at=0),
+         Answer("4")],
+    ),
+    "held-text-shows-at-once-then-is-answer-at-the-end": (
+        [(0, "Just this.")], [Undecided("Just this."), Answer("Just this.", sent_at=0)],
+    ),
+    "a-possible-close-tag-is-not-shown": (
+        [(0, "Hm.</th"), (0.5, "ink>4")],
+        [Undecided("Hm."), Reasoning("Hm.", sent_at=0), Answer("4")],
+    ),
+    "what-was-not-a-close-tag-is-shown-once-known": (
+        [(0, "a </th"), (0.5, "en b")],
+        [Undecided("a "), Undecided("</then b"), Answer("a </then b", sent_at=0)],
+    ),
+    "white-space-before-the-first-word-is-not-shown": (
+        [(0, "\n "), (0.2, "Hi")], [Undecided("Hi"), Answer("\n Hi", sent_at=0)],
+    ),
+    "tagged-reasoning-is-never-undecided": (
+        [(0, "<thi"), (0, "nk>Hm."), (0, "</think>4")], [Reasoning("Hm."), Answer("4")],
+    ),
+    "text-after-the-hold-is-answer-at-once": (
+        [(0, "4"), (1.5, "</think>")], [Undecided("4"), Answer("4", sent_at=0), Answer("</think>")],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("pieces", "out"), SHOWN_CASES.values(), ids=SHOWN_CASES.keys())
+def test_held_text_is_shown_as_undecided_until_its_kind_is_known(
+    pieces: list[tuple[float, str]], out: list[Piece]
+) -> None:
+    assert split(pieces) == out
+
+
+def test_no_hold_gives_nothing_undecided() -> None:
+    assert split([(0, "Hm."), (0, "</think>4")], hold=0) == [Answer("Hm."), Answer("</think>4")]
+
+
+@pytest.mark.parametrize("pieces", [pieces for pieces, _, _ in CASES.values()], ids=CASES.keys())
+def test_undecided_text_comes_again_in_the_piece_that_settles_it(
+    pieces: list[tuple[float, str]],
+) -> None:
+    shown = ""
+    for piece in split(pieces):
+        if isinstance(piece, Undecided):
+            shown += piece.text
+        else:
+            assert shown in piece.text
+            shown = ""
+    assert shown == ""  # nothing is left shown but never settled
 
 
 @pytest.mark.parametrize(
@@ -185,8 +250,9 @@ def test_the_bound_on_kept_back_text(
     ids=["white-space", "held-text"],
 )  # fmt: skip
 def test_kept_back_text_stays_bounded(piece: str, hold: float) -> None:
-    """8 MiB of such text: nothing comes out until the bound is passed, then all
-    of it comes out as answer, at once, and memory never holds much more than the bound."""
+    """8 MiB of such text: nothing comes out as reasoning or answer until the bound
+    is passed (held text is only shown, as Undecided), then all of it comes out as
+    answer, at once, and memory never holds much more than the bound."""
     splitter = ThinkTagSplitter(hold)
     fed = given_out = 0
     first: Piece | None = None
@@ -195,7 +261,7 @@ def test_kept_back_text_stays_bounded(piece: str, hold: float) -> None:
         while fed < 32 * LIMIT:
             fresh = piece[:1] + piece[1:]  # a new string, as each chunk's JSON makes one
             fed += len(fresh)
-            out = splitter.feed(fresh, 0)
+            out = [part for part in splitter.feed(fresh, 0) if not isinstance(part, Undecided)]
             if first is None and out:
                 first = out[0]
                 assert LIMIT < fed <= LIMIT + len(piece)  # released just past the bound
