@@ -3,8 +3,8 @@ refused, code is highlighted with classes, links open a new tab."""
 
 import pytest
 
-from providers.events import Answer
 from live_markdown import make_markdown
+from providers.events import Answer
 from tests.conftest import ScriptedProvider, post_prompt, read_stream
 
 render = make_markdown().render
@@ -31,7 +31,8 @@ CASES = [
      '<span class="lang">&quot;&gt;&lt;script&gt;x</span>'),
     ("aligned-table-uses-classes-not-inline-styles", "|a|b|\n|:-:|-:|\n|1|2|",
      '<td class="align-center">1</td>\n<td class="align-right">2</td>'),
-    ("indented-code-with-copy", "    x = 1\n", 'data-copy="code">Copy</button></div><pre><code>x = 1\n'),
+    ("indented-code-with-copy", "    x = 1\n",
+     'data-copy="code">Copy</button></div><pre><code>x = 1\n'),
 ]  # fmt: skip
 
 

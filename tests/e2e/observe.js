@@ -12,13 +12,14 @@
 
 window.e2e = { timeline: [], sse: [] };
 
-// The parts of the latest turn a person reads. `.answer-text` is the streaming
-// div first; after the final swap it is the final answer's exact text (kept
-// hidden for the Copy button, next to the Markdown rendering).
+// The parts of the latest turn a person reads. The answer is the streaming div
+// first (`.answer-live`, Markdown rendered as it streams; `.answer-text` with
+// --plain-stream); after the final swap it is the final answer's exact text
+// (kept hidden for the Copy button, next to the Markdown rendering).
 const LATEST_TURN = "#response-container > article.turn:last-of-type";
 const WATCHED = {
   thought: ".thoughts",
-  answer: ".answer-text",
+  answer: ".answer-live, .answer-text",
   error: "[role=alert]",
 };
 

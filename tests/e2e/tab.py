@@ -125,8 +125,8 @@ class Tab:
 
     @property
     def answer(self) -> Locator:
-        """The answer text: the streaming div, then the final answer's text."""
-        return self.turn.locator(".answer-text")
+        """The answer: the streaming div, then the final answer's exact text."""
+        return self.turn.locator(".answer-live, .answer-text")
 
     @property
     def final(self) -> Locator:
@@ -163,6 +163,11 @@ class Tab:
     async def timeline(self) -> list[dict[str, Any]]:
         """Each visible state of thought, answer and error line, in order (observe.js)."""
         return await self.page.evaluate("window.e2e.timeline")
+
+    async def answer_steps(self) -> list[str]:
+        """Every text the answer showed, in order, its white space collapsed: a
+        rendered answer shows Markdown's text, not its source's spaces."""
+        return [" ".join(text.split()) for text in await self.seen("answer") if text.strip()]
 
     async def seen(self, part: str) -> list[str]:
         """Every text ``part`` (thought, answer or error) showed, in order, no repeats."""

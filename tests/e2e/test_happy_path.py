@@ -41,7 +41,9 @@ async def test_thoughts_then_a_growing_answer_then_the_final_answer_exactly(
         Pause(THOUGHT_PAUSE_S),
         *paced(map(Answer, PIECES), Pause(CHUNK_PAUSE_S)),
     ]
-    served = await serve_app(ScriptedProvider(script))
+    # The plain stream: every character as the model wrote it (Markdown rendered
+    # while it streams has its own tests, in test_live_markdown.py).
+    served = await serve_app(ScriptedProvider(script), plain_stream=True)
     await tab.open(served.url)
 
     await tab.submit("Write something with spaces at both ends.")
