@@ -51,6 +51,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import unescapeAll
 from markdown_it.renderer import RendererHTML
+from markdown_it.rules_core import StateCore, inline, text_join
 from markdown_it.token import Token
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -200,11 +201,16 @@ class LiveMarkdown:
 
     def __init__(self, markdown: MarkdownIt, answer_id: str) -> None:
         self._md = markdown
+        # The same parser without its inline rules: where blocks begin and end, at
+        # a fraction of the cost (a block's inline text is parsed when it is rendered).
+        self._blocks_md = MarkdownIt("commonmark", markdown.options).enable("table")
+        self._blocks_md.disable(["inline", "text_join"])
         self._answer = answer_id
         self._env: dict[str, Any] = {}  # link reference definitions, once seen
         # The blocks as they are now: finished ones, then the open one ("": none).
         self._done: list[str] = []
         self._open = ""
+        self._open_source = ""  # the lines it was rendered from
         self._kind = ""  # the open block's: "paragraph", "code", "table", "list", "source", …
         # Its source: complete lines (blank lines before it included), the line
         # being written, and how much of that line the open block shows.
@@ -222,6 +228,15 @@ class LiveMarkdown:
         # The page: how many blocks it has, and its last one as it shows it.
         self._page_blocks = 0
         self._page_last = ""
+
+    def final_html(self) -> str | None:
+        """After ``finish()``: the whole answer rendered, which is what the page shows,
+        block for block. None when the page shows something else: a block too long to
+        render live, or a link whose definition came after it (``[docs][1]`` …
+        ``[1]: https://…``), which only a rendering of the whole answer gets right."""
+        if self._env.get("references") or self._kind == "source":
+            return None
+        return self.html
 
     @property
     def html(self) -> str:
@@ -254,11 +269,13 @@ class LiveMarkdown:
             if self._line:
                 line, self._line = self._line, ""
                 self._end_line(line)  # the last line, as it is: without a line break
+            if self._lines and not self._fence:
+                self._parse(final=True)
             if self._fence:
                 self._close_code()
-            elif self._lines:
-                self._parse(final=True)
+            elif self._kind != "source":
                 self._finish_open()
+            self._lines = []  # (a second finish() finds nothing more to do)
         return self._chunk()
 
     # --- lines ------------------------------------------------------------------------------
@@ -278,8 +295,8 @@ class LiveMarkdown:
                 self._add_code(line, shown)
             return
         self._lines.append(line)
-        if not (self._table_row(line) or self._list_item(line)):
-            self._parse()
+        if line.strip() and not (self._table_row(line) or self._list_item(line)):
+            self._parse()  # (a blank line changes nothing yet: the next line tells)
 
     def _parse(self, final: bool = False) -> None:
         """The open block's lines through markdown-it: every top-level block but the
@@ -289,13 +306,12 @@ class LiveMarkdown:
             if not final:
                 self._show_source(source)
             return  # at its end it stays as shown: the final answer renders it once
-        tokens = self._md.parse(source, self._env)
-        starts = [i for i, token in enumerate(tokens) if token.level == 0 and token.nesting >= 0]
+        tokens = self._blocks_md.parse(source, self._env)
+        starts = [i for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map]
         if not starts:
             return  # blank lines (or a link reference definition) so far
-        starts = [i for i in starts if tokens[i].map is not None]
         for start, end in itertools.pairwise(starts):
-            self._open = self._render(tokens[start:end])
+            self._open = self._render_block(tokens[start:end])
             self._finish_open()
         last = tokens[starts[-1]]
         assert last.map is not None
@@ -305,7 +321,8 @@ class LiveMarkdown:
         if open_fence:
             self._open_code(last)
             return
-        self._open = self._render(tokens[starts[-1] :])
+        self._open = self._render_block(tokens[starts[-1] :])
+        self._open_source = "".join(self._lines[: last.map[1] - last.map[0]])
         self._kind = last.type.removesuffix("_open")
         header = len(self._lines) == 1 and self._lines[0].lstrip(" ").startswith("|")
         if self._kind == "paragraph" and header and not final:
@@ -315,8 +332,22 @@ class LiveMarkdown:
         elif last.type in ("bullet_list_open", "ordered_list_open") and self._simple_list():
             self._list_marker = last.markup
 
+    def _render_block(self, tokens: Sequence[Token]) -> str:
+        """A block of the open lines; one that closes unchanged since it was
+        rendered as the open block is not rendered again."""
+        first = tokens[0]
+        assert first.map is not None
+        if self._open and self._open_source == "".join(self._lines[first.map[0] : first.map[1]]):
+            return self._open
+        return self._render(tokens)
+
     def _render(self, tokens: Sequence[Token]) -> str:
-        return self._md.renderer.render(tokens, self._md.options, self._env)
+        """HTML from block tokens (``_blocks_md``'s): their inline text parsed, then rendered."""
+        state = StateCore("", self._md, self._env)
+        state.tokens = list(tokens)
+        inline(state)  # the inline text of each block, as MarkdownIt.parse() would
+        text_join(state)
+        return self._md.renderer.render(state.tokens, self._md.options, self._env)
 
     def _finish_open(self) -> None:
         if self._open:
@@ -347,6 +378,9 @@ class LiveMarkdown:
         return bool(continues or starts)
 
     def _show_paragraph_text(self) -> None:
+        if len(self._open) > LIVE_BLOCK_CHARS:  # one long line: each piece costs a copy
+            self._show_source("".join(self._lines))
+            return
         line, start = self._line, self._line_shown
         end = shown_end(line, start)
         if end <= start:
@@ -360,7 +394,7 @@ class LiveMarkdown:
             hard = self._lines[-1].endswith("  \n") or self._lines[-1].endswith("\\\n")
             self._grow(("<br />\n" if hard else "\n") + rendered)
         elif start == 0:  # a new paragraph: whatever was open before the blank line is done
-            if self._open:
+            if any(line.strip() for line in self._lines):
                 self._parse(final=True)
                 self._finish_open()
             self._lines = []
@@ -414,7 +448,7 @@ class LiveMarkdown:
         """If the open block is a table and ``line`` is its next row, add the row."""
         if not self._table_head or not line.strip() or not self._lines[-2].strip():
             return False
-        tokens = self._md.parse(self._table_head + line, self._env)
+        tokens = self._blocks_md.parse(self._table_head + line, self._env)
         if sum(1 for t in tokens if t.level == 0 and t.nesting == 1) != 1:
             return False  # the line ends the table
         rendered = self._render(tokens)
@@ -476,6 +510,8 @@ class LiveMarkdown:
         if blocks == 0:
             return ""
         last_now = self._open if blocks > len(self._done) else self._done[-1]
+        if blocks == self._page_blocks and last_now is self._page_last:
+            return ""  # nothing new to show
 
         def block(index: int) -> str:
             return self._done[index] if index < len(self._done) else self._open

@@ -805,6 +805,7 @@ class PageAnswer(Protocol):
 
     def feed(self, text: str) -> str: ...  # the chunk for the next text ("": none yet)
     def finish(self) -> str: ...  # the chunk that completes the answer
+    def final_html(self) -> str | None: ...  # the answer's rendered Markdown, if the page has it
     @property
     def html(self) -> str: ...  # the answer as the chunks so far show it
 
@@ -822,6 +823,9 @@ class PlainAnswer:
 
     def finish(self) -> str:
         return ""
+
+    def final_html(self) -> None:
+        return None  # the page has text: the final answer renders the Markdown
 
     @property
     def html(self) -> str:
@@ -999,12 +1003,17 @@ async def produce(app: web.Application, stream: Stream) -> None:
     outcome = "abandoned"  # cancelled because nobody was listening
     view: dict[str, Any] | None = None
 
+    async def final(view: Mapping[str, Any], failed: bool = False) -> str:
+        """The final answer's HTML. Its Markdown is the blocks the page has (the
+        whole answer, rendered as it streamed) unless only a new rendering is right."""
+        relay.flush()
+        shown = relay.shown_answer.final_html()
+        return await render_answer(app, stream.uid, transcript, view, None, failed, shown)
+
     async def fail(message: str) -> None:
         so_far = None
         if transcript.answer_chars or transcript.reasoning_chars:  # keep it, rendered
-            so_far = await render_answer(
-                app, stream.uid, transcript, answer_view(app, stream, transcript), failed=True
-            )
+            so_far = await final(answer_view(app, stream, transcript), failed=True)
         relay.fail(message, so_far)
 
     try:
@@ -1022,7 +1031,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
                 relay.undecided_is_answer()  # however the provider ended
         if outcome in ("done", CAPPED):
             view = answer_view(app, stream, transcript)
-            relay.finish(await render_answer(app, stream.uid, transcript, view))
+            relay.finish(await final(view))
         elif outcome == "failed":
             await fail(relay.error or CRASHED)
     except TimeoutError:
@@ -1036,7 +1045,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         if stream.stop_reason == STOPPED:
             transcript.finish_reason = STOPPED
             view = answer_view(app, stream, transcript)
-            relay.finish(await render_answer(app, stream.uid, transcript, view))
+            relay.finish(await final(view))
         else:
             await fail(RESTARTING)
     except Exception:
@@ -1088,18 +1097,23 @@ async def render_answer(
     view: Mapping[str, Any],
     error: str | None = None,
     failed: bool = False,
+    answer_html: str | None = None,
 ) -> str:
     """templates/final_answer.html: the answer as Markdown, its reasoning and stats;
-    for a failed answer, what came before it failed (and, on a page, why)."""
+    for a failed answer, what came before it failed (and, on a page, why).
+    ``answer_html``: the answer's Markdown already rendered (by LiveMarkdown)."""
     render = functools.partial(
         aiohttp_jinja2.get_env(app).get_template("final_answer.html").render,
         uid=uid,
         transcript=transcript,
         error=error,
         failed=failed or error is not None,
+        answer_html=None if answer_html is None else Markup(answer_html),
         **{**NO_VIEW, **view},
     )
-    if transcript.answer_chars + transcript.reasoning_chars <= INLINE_RENDER_CHARS:
+    if answer_html is not None or (
+        transcript.answer_chars + transcript.reasoning_chars <= INLINE_RENDER_CHARS
+    ):
         return render()
     return await asyncio.to_thread(render)
 

@@ -12,8 +12,8 @@ from live_markdown import LIVE_BLOCK_CHARS, LiveMarkdown, make_markdown
 from providers.events import Answer
 from tests.answer_dom import AnswerModel, Element, normalized, parse
 from tests.conftest import Hang, Pause, ScriptedProvider, post_prompt
-from tests.sse_client import parse_stream
 from tests.snippet import uid_from_snippet
+from tests.sse_client import parse_stream
 
 SAMPLES = Path(__file__).parent / "markdown_samples"
 MARKDOWN = make_markdown()
@@ -22,7 +22,8 @@ ANSWER = "u0123456789abcdef0123456789abcdef-answer-stream"
 
 def stream(pieces: list[str]) -> tuple[AnswerModel, list[str]]:
     """Feed ``pieces`` one by one; the page they build and the chunks. At every
-    step, what the renderer says the page shows is what the page shows."""
+    step, what the renderer says the page shows is what the page shows; at the
+    end, what it gives the final answer is the whole answer rendered."""
     live, page, chunks = LiveMarkdown(MARKDOWN, ANSWER), AnswerModel(ANSWER), []
     for piece in pieces:
         chunks.append(live.feed(piece))
@@ -30,6 +31,9 @@ def stream(pieces: list[str]) -> tuple[AnswerModel, list[str]]:
         assert normalized(live.html) == page.html()
     chunks.append(live.finish())
     page.apply(chunks[-1])
+    assert live.finish() == ""  # finishing twice changes nothing
+    whole = live.final_html()
+    assert whole is None or whole == MARKDOWN.render("".join(pieces))
     return page, chunks
 
 
@@ -201,7 +205,9 @@ async def test_the_streamed_page_ends_as_the_final_answer_rendered(start_app):
     page = await page_after(events)
     assert page.html() == final("".join(MARKDOWN_PIECES))
     final_answer = next(e.data for e in events if e.event == "final_answer")
-    rendered = re.search(r'<div class="answer-rendered">(.*?)</div>\n  <pre', final_answer, re.S)
+    rendered = re.search(
+        r'<div class="answer-rendered">(.*?)</div>\s*<pre class="answer-text', final_answer, re.S
+    )
     assert rendered and normalized(rendered.group(1)) == page.html()
     assert '<span class="k">def</span>' in page.html()  # highlighted before the end
 
