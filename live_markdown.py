@@ -42,6 +42,7 @@ list) is shown as its source from then on, and rendered once at the end.
 
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import re
@@ -155,6 +156,16 @@ def aligned_cell(
 
 # --- rendering while it streams -----------------------------------------------------------
 
+
+@functools.cache
+def block_parser(markdown: MarkdownIt) -> MarkdownIt:
+    """``markdown`` (the rules ``make_markdown`` enables) without its inline
+    rules: where blocks begin and end, at a fraction of the cost (a block's
+    inline text is parsed when it is rendered). One per renderer, shared."""
+    blocks = MarkdownIt("commonmark", markdown.options).enable("table")
+    return blocks.disable(["inline", "text_join"])
+
+
 #: Past this many characters, an open block that has to go through markdown-it
 #: whole at each line's end (a paragraph, a nested list, a quote) is shown as
 #: its source instead: that work grows with the square of the block's length.
@@ -201,10 +212,7 @@ class LiveMarkdown:
 
     def __init__(self, markdown: MarkdownIt, answer_id: str) -> None:
         self._md = markdown
-        # The same parser without its inline rules: where blocks begin and end, at
-        # a fraction of the cost (a block's inline text is parsed when it is rendered).
-        self._blocks_md = MarkdownIt("commonmark", markdown.options).enable("table")
-        self._blocks_md.disable(["inline", "text_join"])
+        self._blocks_md = block_parser(markdown)
         self._answer = answer_id
         self._env: dict[str, Any] = {}  # link reference definitions, once seen
         # The blocks as they are now: finished ones, then the open one ("": none).
@@ -394,7 +402,7 @@ class LiveMarkdown:
             hard = self._lines[-1].endswith("  \n") or self._lines[-1].endswith("\\\n")
             self._grow(("<br />\n" if hard else "\n") + rendered)
         elif start == 0:  # a new paragraph: whatever was open before the blank line is done
-            if any(line.strip() for line in self._lines):
+            if any(earlier.strip() for earlier in self._lines):
                 self._parse(final=True)
                 self._finish_open()
             self._lines = []

@@ -17,7 +17,8 @@ Routes
     GET  /static/…, /vendor/…   our CSS and JS; htmx itself when installed with npm
 
 Events on /response-stream, each with an ``id:``, in this order:
-    thought        the reasoning so far (its latest part), or a status line;
+    thought        the reasoning so far (its latest part), a status line, or
+                   text not yet known to be answer (it may be reasoning);
                    the page replaces the previous thought with it
     answer_chunk   the next piece of the answer, as HTML: Markdown rendered while
                    it streams (live_markdown.py); the page appends it
@@ -202,7 +203,8 @@ class Event(NamedTuple):
 
 
 def thought_event(text: str) -> Event:
-    """The reasoning so far (its latest part) or a status line; it replaces the last."""
+    """The reasoning so far (its latest part), a status line, or text whose kind is
+    not known yet; it replaces the last."""
     return Event("thought", escape_text(text))
 
 
