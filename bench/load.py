@@ -10,6 +10,14 @@ with the relay it measures: each network read is stamped with
 until the scenario is over. Only then are the blocks parsed, unescaped,
 checked token by token (bench/protocol.py) and turned into latencies.
 
+The app sends the answer rendered as it streams (live_markdown.py): each
+``answer_chunk`` is HTML that the page appends or swaps in. Such an answer is
+checked as the page would show it: the chunks build the page
+(tests/answer_dom.py), which must be exactly the final rendering of the answer
+the upstream sent (``tests/sse_client.shows_answer``); for the numbered tokens,
+the page's text must also be tokens 0, 1, 2, … as above. With
+``--plain-stream`` (and from the FastAPI peer) the chunks are the text itself.
+
 The client's own garbage collector is paused while a scenario runs
 (``collector_paused``). Its full collections stopped this process for up to
 a third of a second with thousands of streams held, and every read stamped
@@ -26,6 +34,7 @@ import asyncio
 import gc
 import html
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,8 +42,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.protocol import Directive, answer_is_exact, read_tokens, token_text
+from bench.protocol import (
+    Directive,
+    answer_is_exact,
+    markdown_answer,
+    read_stamps,
+    token_text,
+)
+from tests.answer_dom import AnswerModel
 from tests.snippet import STREAM_URL, uid_from_snippet
+from tests.sse_client import SSEEvent, shows_answer
 
 BLOCK_END = b"\n\n"  # both servers under test end events with a bare LF pair
 CONNECT_LIMIT_S = 10.0
@@ -43,6 +60,7 @@ NANOS = 1_000_000_000
 #: while streams are being held: more would overflow the relay's accept queue
 #: (aiohttp listens with a backlog of 128) and stall on SYN retries.
 OPENING_AT_ONCE = 64
+_TAG = re.compile(r"<[^>]*>")  # in rendered chunks; the answer's own "<" comes escaped
 
 
 @contextmanager
@@ -99,12 +117,26 @@ class Received:
                 events.append((received_ns, name, "\n".join(data)))
         return events
 
+    def answer_data(self) -> list[str]:
+        """The data of every ``answer_chunk``, as sent (a relay's stream only)."""
+        return [data for _, name, data in self.events() if name == "answer_chunk"]
+
+    def rendered(self) -> bool:
+        """Whether the answer came rendered (HTML blocks), not as its text: the
+        first chunk of a rendered answer is a tag, of a plain one never (escaped)."""
+        data = [] if self.direct else self.answer_data()
+        return bool(data) and data[0].startswith("<")
+
     def chunks(self) -> list[tuple[int, str]]:
-        """(read time, answer text) of every piece of the answer, unescaped."""
+        """(read time, answer text) of every piece of the answer, unescaped; of a
+        rendered answer, the text its chunk shows (a changed block shows it again)."""
         if self.direct:
             return [(ns, text) for ns, name, data in self.events() if (text := _content(data))]
+        rendered = self.rendered()
         return [
-            (ns, html.unescape(data)) for ns, name, data in self.events() if name == "answer_chunk"
+            (ns, html.unescape(_TAG.sub("", data) if rendered else data))
+            for ns, name, data in self.events()
+            if name == "answer_chunk"
         ]
 
     def ended(self) -> bool:
@@ -118,28 +150,62 @@ class Received:
         return [data for _, name, data in self.events() if name == "error"]
 
     def exact(self, whole: bool = True) -> bool:
-        """The answer is exact: every token once, in order (``whole``: all of them)."""
-        answer = "".join(text for _, text in self.chunks())
-        return answer_is_exact(answer, self.directive.tokens if whole else None)
+        """The answer is exact: every token once, in order (``whole``: all of them);
+        a rendered one builds a page that is exactly that answer's final rendering."""
+        count = self.directive.tokens if whole else None
+        if self.direct or not self.rendered():
+            answer = "".join(text for _, text in self.chunks())
+            if self.directive.markdown:
+                expected = markdown_answer()
+                return answer == expected if whole else expected.startswith(answer)
+            return answer_is_exact(answer, count)
+        if self.directive.markdown:
+            # A page of part of it is no final rendering: only whole answers here.
+            return whole and self._builds(markdown_answer())
+        page = AnswerModel()
+        try:
+            for data in self.answer_data():
+                page.apply(data)
+        except (AssertionError, IndexError, StopIteration, ValueError):
+            return False  # chunks a browser could not apply as the app meant them
+        # The numbered answer is one paragraph: its text without the first space.
+        answer = " " + html.unescape(_TAG.sub("", page.html())).strip()
+        return answer_is_exact(answer, count) and self._builds(answer)
+
+    def _builds(self, answer: str) -> bool:
+        """Whether the rendered chunks build exactly ``answer``'s final rendering."""
+        events = [SSEEvent("answer_chunk", data, None) for data in self.answer_data()]
+        try:
+            return shows_answer(events, answer)
+        except (AssertionError, IndexError, StopIteration, ValueError):
+            return False
+
+    def answer_bytes(self) -> int:
+        """The bytes of all ``answer_chunk`` data together, UTF-8, as sent."""
+        return sum(len(data.encode()) for data in self.answer_data())
 
     def latencies_ns(self, since_ns: int = 0, until_ns: int | None = None) -> list[int]:
-        """Relay latency of each stamped token read between the two times."""
+        """Relay latency of each stamped token read between the two times (when it
+        was first shown: a rendered block that changes is sent again)."""
         until_ns = until_ns if until_ns is not None else 2**63
-        return [
-            received_ns - stamp
-            for received_ns, text in self.chunks()
-            if since_ns <= received_ns <= until_ns
-            for _, stamp in read_tokens(text)
-            if stamp is not None
-        ]
+        seen: set[int] = set()
+        latencies = []
+        for received_ns, text in self.chunks():
+            for index, stamp in read_stamps(text):
+                if index in seen:
+                    continue
+                seen.add(index)
+                if since_ns <= received_ns <= until_ns:
+                    latencies.append(received_ns - stamp)
+        return latencies
 
     def first_text_ns(self) -> int | None:
         """From the upstream sending the first token to the first event that shows
         it: a ``thought`` (text not yet known to be answer) or an ``answer_chunk``."""
-        tokens = read_tokens("".join(text for _, text in self.chunks()))
-        if not tokens or tokens[0][1] is None:
+        stamps = read_stamps("".join(text for _, text in self.chunks()))
+        if not stamps or stamps[0][0] != 0:
             return None  # no stamped first token to time
-        index, sent_ns = tokens[0]
+        index, sent_ns = stamps[0]
         # Stripped: a thought does not show the white space before the first word.
         first = token_text(index, sent_ns).strip()
         for received_ns, name, data in self.events():
@@ -245,18 +311,19 @@ async def run_many(
 async def round_trips(
     target: Target, workers: int, seconds: float, directive: Directive, limit_s: float
 ) -> tuple[int, int]:
-    """``workers`` loops of prompt → stream → close for ``seconds``; (exact, failed) counts."""
-    counts = {"exact": 0, "failed": 0}
+    """``workers`` loops of prompt → stream → close for ``seconds``; (exact, failed)
+    counts, checked once the loops are over (checking costs the client CPU)."""
+    done: list[Received] = []
     deadline = time.monotonic() + seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while time.monotonic() < deadline:
-            received = await run_stream(session, target, directive, limit_s)
-            counts["exact" if received.ok() else "failed"] += 1
+            done.append(await run_stream(session, target, directive, limit_s))
 
     async with new_session() as session:
         await asyncio.gather(*(worker(session) for _ in range(workers)))
-    return counts["exact"], counts["failed"]
+    exact = sum(received.ok() for received in done)
+    return exact, len(done) - exact
 
 
 class HeldStreams:

@@ -18,6 +18,10 @@ microseconds per token.
     s3  ``--held`` streams at one token a second, held (only the holding is
         sampled, not the opening)
     s4  POST + GET + one token + close, 20 loops at once
+    md        the Markdown answer (bench/markdown_answer.md), 20 at once, over
+              and over: ``--md-delay`` seconds a token (0: full speed), the
+              answer rendered while it streams (live_markdown.py)
+    md-plain  the same with ``--plain-stream``: the difference is the rendering
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 from bench import scenarios  # noqa: E402
 from bench.load import HeldStreams, Target, collector_paused, round_trips, run_many  # noqa: E402
 from bench.procs import Process, free_port, raise_open_file_limit  # noqa: E402
-from bench.protocol import Directive  # noqa: E402
-from bench.run import APP_FLAGS, warm_up  # noqa: E402
+from bench.protocol import Directive, markdown_tokens  # noqa: E402
+from bench.run import APP_FLAGS, warm_up, warm_up_markdown  # noqa: E402
 
 SAMPLES_PER_S = 200
 SETTLE_S = 2.0  # after opening the held streams, before sampling
@@ -69,7 +73,11 @@ CATEGORIES = [
     ("aiohttp server request handling", ("web_protocol.py", "web_app.py", "web_middlewares.py",
                                          "web_request.py", "web_urldispatcher.py", "multipart.py",
                                          "helpers.py", "web_log.py")),
-    ("templates and Markdown", ("jinja2", "markdown_it", "aiohttp_jinja2")),
+    # Markdown, live and final: the inclusive lines below tell the two apart.
+    ("Pygments (code colours)", ("pygments/",)),
+    ("markdown-it", ("markdown_it/",)),
+    ("live_markdown.py, own lines", ("live_markdown.py",)),
+    ("templates", ("jinja2", "aiohttp_jinja2")),
     ("logging", ("logging/",)),
     ("app: store and limits", ("Store.", "Stream.__init__")),
     ("app: relay, stream log, listeners", ("server.py",)),
@@ -90,6 +98,17 @@ WATCHED = [
     "process_prompt (server.py",
     "render_final_answer (server.py",
     "log_stream (server.py",
+    "LiveMarkdown.feed (live_markdown.py",
+    "LiveMarkdown.finish (live_markdown.py",
+    "LiveMarkdown._parse (live_markdown.py",
+    "LiveMarkdown._show_paragraph_text (live_markdown.py",
+    "LiveMarkdown._chunk (live_markdown.py",
+    "LiveMarkdown._table_row (live_markdown.py",
+    "LiveMarkdown._list_item (live_markdown.py",
+    "LiveMarkdown._close_code (live_markdown.py",
+    "shown_end (live_markdown.py",
+    "PlainAnswer.feed (server.py",
+    "answer_chunk_event (server.py",
 ]
 
 
@@ -161,20 +180,22 @@ def gc_during(log: Path) -> str:
 class Session:
     """A fake upstream, and a fresh app under the GC probe for each scenario."""
 
-    def __init__(self, out: Path, seconds: float, server: Path) -> None:
+    def __init__(self, out: Path, seconds: float, server: Path, md_delay: float = 0.0) -> None:
         self.out = out
         self.seconds = seconds
         self.server = server
+        self.md_delay = md_delay
         port = free_port()
         self.upstream = Process(
             "upstream", ["-m", "bench.upstream", "--port", str(port)], port, out
         )
         self.upstream.wait_ready()
 
-    def app(self, name: str) -> Process:
+    def app(self, name: str, *flags: str) -> Process:
         port = free_port()
         base_url = f"{self.upstream.base}/v1"
         args = ["-m", "bench.gc_probe", str(self.server), *APP_FLAGS, "--base-url", base_url]
+        args += flags
         app = Process(name, [*args, "--port", str(port)], port, self.out)
         app.wait_ready()
         return app
@@ -189,14 +210,16 @@ class Session:
         return spy, raw
 
     async def profile(self, name: str) -> str:
-        app = self.app(f"app-{name}")
+        app = self.app(f"app-{name}", *(["--plain-stream"] if name == "md-plain" else []))
         try:
             await warm_up(app)
+            if name.startswith("md"):
+                await warm_up_markdown(app)
             spy, raw = self.spy(app, name)
             app.popen.send_signal(signal.SIGUSR2)  # the collector's figures, before
             before = app.cpu_seconds()
             with collector_paused():
-                work, unit = await getattr(self, name)(app)
+                work, unit = await getattr(self, name.replace("-", "_"))(app)
             cpu = app.cpu_seconds() - before
             app.popen.send_signal(signal.SIGUSR2)  # and after
             await asyncio.to_thread(spy.wait)
@@ -212,6 +235,17 @@ class Session:
             await run_many(Target(app.name, app.base), orders, scenarios.STREAM_LIMIT_S)
             tokens += 50 * 500
         return tokens, "token"
+
+    async def md(self, app: Process) -> tuple[int, str]:
+        orders = [Directive(id="pmd", markdown=True, delay=self.md_delay) for _ in range(20)]
+        limit = scenarios.markdown_limit_s(self.md_delay)
+        deadline, tokens = time.monotonic() + self.seconds, 0
+        while time.monotonic() < deadline:
+            await run_many(Target(app.name, app.base), orders, limit, 1.0 if self.md_delay else 0)
+            tokens += 20 * len(markdown_tokens())
+        return tokens, "token"
+
+    md_plain = md
 
     async def s4(self, app: Process) -> tuple[int, str]:
         one = Directive(id="p4", tokens=1)
@@ -259,7 +293,12 @@ async def hold(session: Session, held_count: int) -> str:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="s1,s3,s4", help="comma-separated: s1, s3, s4")
+    parser.add_argument(
+        "--only", default="s1,s3,s4", help="comma-separated: s1, s3, s4, md, md-plain"
+    )
+    parser.add_argument(
+        "--md-delay", type=float, default=0.0, help="md: seconds per token (0: full speed)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="sampling time per scenario")
     parser.add_argument("--held", type=int, default=3000, help="streams held in s3")
     parser.add_argument("--out", type=Path, help="keep raw stacks and logs here")
@@ -274,7 +313,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch:
         out = args.out or Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
-        session = Session(out, args.seconds, args.server)
+        session = Session(out, args.seconds, args.server, args.md_delay)
         try:
             for name in args.only.split(","):
                 report = await (hold(session, args.held) if name == "s3" else session.profile(name))

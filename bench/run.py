@@ -4,6 +4,7 @@
     python bench/run.py --quick    # a smaller run, under a minute
     python bench/run.py --json out.json   # also keep every figure of every run
     python bench/run.py --logs DIR        # and keep the servers' logs
+    python bench/run.py --only markdown   # one section alone (its rows of the table)
 
 It starts, each in its own process: the fake OpenAI-compatible model server
 (bench/upstream.py), the app (``server.py --provider openai``) with its limits
@@ -26,6 +27,12 @@ sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
 - Upstream release: many streams, then every client leaves at once; how
   long until the upstream sees each request closed (grace period 0).
 - Browser: swaps per second on the real page for a 1,000 tokens/s model.
+- Markdown: a realistic 4,000-token Markdown answer (bench/markdown_answer.md)
+  through fresh apps: the bytes of its rendered ``answer_chunk`` data against
+  its final rendering (default window at a model's pace, and window 0), and
+  the app's CPU per token rendering while it streams against the same app with
+  ``--plain-stream``, both at once (same moment, same load), at a model's pace
+  and at full speed.
 
 S1, S2, S4 and release run ``runs`` times, the targets taking turns within
 each run (so a slow moment of the machine hits all of them), and the table
@@ -54,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 from bench import browser, scenarios, table  # noqa: E402
 from bench.load import Target, collector_paused, run_many  # noqa: E402
 from bench.procs import OtherLoad, Process, free_port, raise_open_file_limit  # noqa: E402
-from bench.protocol import Directive  # noqa: E402
+from bench.protocol import Directive, markdown_answer, markdown_tokens  # noqa: E402
 
 #: The app with every limit out of the way: the benchmark is one client IP
 #: sending thousands of prompts a minute. Grace 0: a stream whose browser
@@ -67,6 +74,8 @@ LIMITS_LIFTED = [
     "--prompts-per-minute", "1000000000", "--max-pending", "1000000",
     "--max-pending-per-client", "999999", "--max-requests-per-client", "1000000",
     "--grace-period", "0",
+    # The Markdown answer is 15,000 characters; endless held streams grow too.
+    "--max-answer-chars", "10000000",
 ]  # fmt: skip
 #: Reasoning hold 0, for every app but the first-text one: the fake model's
 #: answers are untagged, and the default hold keeps the first second of each
@@ -79,6 +88,9 @@ WARM_UP_TOKENS = 20
 BROWSER_TOKENS_PER_S = 1000
 #: S2's prompts start over this many seconds, not all in one millisecond.
 S2_SPREAD_S = 1.0
+MD_WARM_UP_STREAMS = 4
+#: The sections ``--only`` can pick, in the order of a whole run.
+SECTIONS = ("s1", "s2", "first-text", "s4", "release", "browser", "markdown", "s3")
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class Plan:
     first_text_streams: int
     first_text_tokens: int
     first_text_delay: float  # tokens x delay: longer than the app's reasoning hold
+    md_streams: int  # the Markdown answer, this many at once on each app
+    md_delay: float  # seconds per token: a model's pace (4,036 tokens: 81 s at 20 ms)
+    md_w0_streams: int  # for the bytes with --answer-window 0, at full speed
     limit_s: float  # the whole run, at most
 
 
@@ -123,7 +138,10 @@ FULL = Plan(
     first_text_streams=8,
     first_text_tokens=15,
     first_text_delay=0.1,
-    limit_s=420.0,
+    md_streams=20,
+    md_delay=0.02,
+    md_w0_streams=5,
+    limit_s=900.0,
 )
 #: The same scenarios, smaller and once each: under a minute.
 QUICK = replace(
@@ -135,7 +153,8 @@ QUICK = replace(
     s3_hold_s=2.0,
     s4_seconds=2.0,
     browser_seconds=2.0,
-    limit_s=120.0,
+    md_delay=0.01,  # 100 tokens/s (a fast hosted model): the answer in 40 s
+    limit_s=300.0,
 )
 
 
@@ -155,12 +174,20 @@ class Servers:
         process.wait_ready(path)
         return process
 
-    def app(self, name: str, window: float | None = DEFAULT_WINDOW, hold: bool = False) -> Process:
-        """The app; ``hold``: with its default reasoning hold (see ``APP_FLAGS``)."""
+    def app(
+        self,
+        name: str,
+        window: float | None = DEFAULT_WINDOW,
+        hold: bool = False,
+        plain: bool = False,
+    ) -> Process:
+        """The app; ``hold``: with its default reasoning hold (see ``APP_FLAGS``);
+        ``plain``: the answer streamed as text (``--plain-stream``), not rendered."""
         window_flags = [] if window is None else ["--answer-window", str(window)]
         flags = LIMITS_LIFTED if hold else APP_FLAGS
         base_url = ["--base-url", f"{self.upstream.base}/v1"]
-        return self._start(name, ["server.py", *flags, *base_url, *window_flags])
+        plain_flag = ["--plain-stream"] if plain else []
+        return self._start(name, ["server.py", *flags, *base_url, *window_flags, *plain_flag])
 
     def peer(self) -> Process:
         return self._start(
@@ -183,6 +210,12 @@ def target(process: Process) -> Target:
 
 async def warm_up(process: Process) -> None:
     orders = [Directive(id="warm", tokens=WARM_UP_TOKENS) for _ in range(WARM_UP_STREAMS)]
+    await run_many(target(process), orders, scenarios.STREAM_LIMIT_S)
+
+
+async def warm_up_markdown(process: Process) -> None:
+    """A few Markdown answers at full speed: the renderer's and Pygments' lexers load."""
+    orders = [Directive(id="warm-md", markdown=True) for _ in range(MD_WARM_UP_STREAMS)]
     await run_many(target(process), orders, scenarios.STREAM_LIMIT_S)
 
 
@@ -215,26 +248,36 @@ def median(runs: list[dict]) -> dict:
 class Bench:
     """One benchmark run: its servers, its figures, and how busy the machine was."""
 
-    def __init__(self, plan: Plan, servers: Servers) -> None:
+    def __init__(self, plan: Plan, servers: Servers, only: Sequence[str] = SECTIONS) -> None:
         self.plan = plan
         self.servers = servers
+        self.only = only
         self.figures: dict = {"plan": asdict(plan), "other_load": {}}
         self.processes: dict[str, Process] = {}
         self.targets: dict[str, Target] = {"floor": servers.upstream_target}
         self._started = time.monotonic()
 
     async def run(self) -> dict:
-        await self.start_relays()
-        await self.section("s1", ["app", "app-w0", "peer"], self.s1)
-        await self.section("s2", ["floor", "app-w0", "app", "peer"], self.s2)
-        await self.first_text()
-        await self.section("s4", ["floor", "app", "peer"], self.s4)
-        for size in self.plan.release_sizes:
+        only = self.only
+        if {"s1", "s2", "s4", "release", "browser"} & set(only):
+            await self.start_relays()
+        if "s1" in only:
+            await self.section("s1", ["app", "app-w0", "peer"], self.s1)
+        if "s2" in only:
+            await self.section("s2", ["floor", "app-w0", "app", "peer"], self.s2)
+        if "first-text" in only:
+            await self.first_text()
+        if "s4" in only:
+            await self.section("s4", ["floor", "app", "peer"], self.s4)
+        for size in self.plan.release_sizes if "release" in only else ():
             await self.section(f"release-{size}", ["floor", "app", "peer"], self.release(size))
-        await self.browser()
+        if "browser" in only:
+            await self.browser()
         for process in self.processes.values():
             self.servers.stop(process)
-        for size in self.plan.s3_sizes:
+        if "markdown" in only:
+            await self.markdown()
+        for size in self.plan.s3_sizes if "s3" in only else ():
             await self.s3(size)
         return self.figures
 
@@ -313,6 +356,78 @@ class Bench:
         self.figures["other_load"]["browser"] = pages.pop("other_load")
         self.figures["browser"] = {"tokens_per_s": BROWSER_TOKENS_PER_S, **pages}
 
+    async def markdown(self) -> None:
+        """The Markdown answer on fresh apps: rendered (default window, and window
+        0) and ``--plain-stream``. Each run: the rendered and the plain app at a
+        model's pace at the same time, then at full speed taking turns, then window
+        0 at full speed (each token goes to the renderer alone whatever the
+        pace: the relay takes the upstream's events one by one). Each run's CPU
+        ratio, rendered over plain, is taken within the run; the table shows the
+        medians."""
+        self.progress("markdown")
+        plan, servers = self.plan, self.servers
+        apps = {
+            "md": servers.app("app-md"),
+            "md-plain": servers.app("app-md-plain", plain=True),
+            "md-w0": servers.app("app-md-w0", window=0),
+        }
+        rendered = {"md": True, "md-plain": False, "md-w0": True}
+        runs: dict[str, list[dict]] = {"paced": [], "fast": [], "w0": []}
+
+        def targets(*names: str) -> dict[str, tuple[Target, Process, bool]]:
+            return {name: (target(apps[name]), apps[name], rendered[name]) for name in names}
+
+        try:
+            for process in apps.values():
+                await warm_up(process)
+                await warm_up_markdown(process)
+            load = OtherLoad()
+            for _ in range(plan.runs):
+                with collector_paused():
+                    paced = await scenarios.markdown_answers(
+                        targets("md", "md-plain"), plan.md_streams, plan.md_delay, S2_SPREAD_S
+                    )
+                # Full speed, taking turns (at once, each would slow the other's
+                # reads down and change what a read holds): A, B, B, A, so that a
+                # machine getting busier or quieter meanwhile weighs on both alike.
+                turns: dict[str, list[dict]] = {"md": [], "md-plain": []}
+                for name in ("md", "md-plain", "md-plain", "md"):
+                    with collector_paused():
+                        turns[name] += (
+                            await scenarios.markdown_answers(
+                                targets(name), plan.md_streams, 0.0, 0.0
+                            )
+                        ).values()
+                # Of two turns the median is the mean; their answers are summed.
+                fast = {name: median(figures) for name, figures in turns.items()}
+                with collector_paused():
+                    w0 = await scenarios.markdown_answers(
+                        targets("md-w0"), plan.md_w0_streams, 0.0, 0.0
+                    )
+                for figures in (paced, fast):
+                    figures["md"]["cpu_vs_plain"] = (
+                        figures["md"]["cpu_us_per_token"] / figures["md-plain"]["cpu_us_per_token"]
+                    )
+                runs["paced"].append(paced)
+                runs["fast"].append(fast)
+                runs["w0"].append(w0)
+            self.figures["other_load"]["markdown"] = load.share()
+        finally:
+            for process in apps.values():
+                servers.stop(process)
+        self.figures["markdown"] = {
+            "tokens": len(markdown_tokens()),
+            "chars": len(markdown_answer()),
+            **{
+                kind: {name: median([run[name] for run in every]) for name in every[0]}
+                for kind, every in runs.items()
+            },
+        }
+        for kind, every in runs.items():  # the target: the largest ratio of any run
+            for name, figures in self.figures["markdown"][kind].items():
+                figures["bytes_ratio_max"] = max(run[name]["bytes_ratio_max"] for run in every)
+        self.figures["markdown-runs"] = runs
+
     async def s3(self, size: int) -> None:
         """Held streams, on a fresh app: its memory before is the app's alone."""
         key = f"s3-{size}"
@@ -335,10 +450,10 @@ class Bench:
         print(f"{time.monotonic() - self._started:6.1f} s  {key}", file=sys.stderr, flush=True)
 
 
-async def bench(plan: Plan, log_dir: Path) -> dict:
+async def bench(plan: Plan, log_dir: Path, only: Sequence[str]) -> dict:
     servers = Servers(log_dir)
     try:
-        return await Bench(plan, servers).run()
+        return await Bench(plan, servers, only).run()
     finally:
         servers.stop_all()
 
@@ -348,6 +463,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
     parser.add_argument("--json", type=Path, help="also write every figure of every run here")
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (again for more); its rows of the table",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     raise_open_file_limit()
@@ -355,7 +476,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as scratch:
         log_dir = args.logs or Path(scratch)
         log_dir.mkdir(parents=True, exist_ok=True)
-        figures = asyncio.run(asyncio.wait_for(bench(plan, log_dir), plan.limit_s))
+        figures = asyncio.run(
+            asyncio.wait_for(bench(plan, log_dir, args.only or SECTIONS), plan.limit_s)
+        )
     figures["seconds"] = time.monotonic() - started
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -14,15 +14,18 @@ upstream sent, with nothing lost or repeated.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import statistics
 import time
 import urllib.request
 from collections.abc import Sequence
 
 from bench.load import NANOS, HeldStreams, Received, Target, round_trips, run_many, wait_until
 from bench.procs import Process, cpu_seconds
-from bench.protocol import Directive
+from bench.protocol import Directive, markdown_answer, markdown_tokens
+from live_markdown import make_markdown
 
 MS = 1_000_000  # nanoseconds
 #: One whole stream of S1 or S2 may take this long before it counts as failed.
@@ -267,3 +270,75 @@ async def prompt_round_trips(target: Target, workers: int, seconds: float) -> di
     )
     elapsed = time.perf_counter() - started
     return {"round_trips_per_s": exact / elapsed, "checked": exact + failed, "exact": exact}
+
+
+# --- the Markdown answer, rendered while it streams ----------------------------------------
+
+
+@functools.cache
+def final_rendering_bytes() -> int:
+    """The bytes of the Markdown answer's final rendering: the Markdown HTML alone
+    (``make_markdown().render``), not the final_answer event's other parts."""
+    return len(make_markdown().render(markdown_answer()).encode())
+
+
+def markdown_limit_s(delay: float) -> float:
+    """How long one stream of the Markdown answer may take before it counts as failed."""
+    return STREAM_LIMIT_S + delay * len(markdown_tokens())
+
+
+async def markdown_answers(
+    targets: dict[str, tuple[Target, Process, bool]], streams: int, delay: float, spread_s: float
+) -> dict[str, dict]:
+    """The Markdown answer, ``streams`` at once, ``delay`` seconds a token, on every
+    target *at the same time* (name → target, its process, whether its answers come
+    rendered): one moment of the machine for all, the same load for each.
+
+    Per target: its CPU per token (its own /proc figure, from its first prompt to
+    its last stream's end) and, per answer, the bytes of its ``answer_chunk`` data
+    over those of the final rendering. An answer counts as exact only if it came
+    the way its target was started (rendered or plain) and was exact (bench/load.py).
+    """
+    orders = directives("md", streams, markdown=True, delay=delay)
+
+    async def one(target: Target, process: Process) -> tuple[list[Received], float, float]:
+        before = process.cpu_seconds()
+        received, seconds = await run_many(target, orders, markdown_limit_s(delay), spread_s)
+        return received, seconds, process.cpu_seconds() - before
+
+    results = await asyncio.gather(
+        *(one(target, process) for target, process, _ in targets.values())
+    )
+    return {
+        name: markdown_figures(received, seconds, cpu, rendered)
+        for (name, (_, _, rendered)), (received, seconds, cpu) in zip(
+            targets.items(), results, strict=True
+        )
+    }
+
+
+def markdown_figures(received: list[Received], seconds: float, cpu: float, rendered: bool) -> dict:
+    final = final_rendering_bytes()
+    answer_bytes = [stream.answer_bytes() for stream in received]
+    # The same data with its SSE framing (event and id lines, one data line per
+    # line of HTML), for context: what the page's connection really carries.
+    event_bytes = [
+        sum(
+            len(block) + 2 for _, block in stream.blocks if block.startswith(b"event: answer_chunk")
+        )
+        for stream in received
+    ]
+    tokens = len(received) * len(markdown_tokens())
+    return {
+        "tokens_per_s": tokens / seconds,
+        "cpu_us_per_token": cpu / tokens * 1e6,
+        "cpu_share": cpu / seconds,
+        "final_bytes": final,
+        "answer_bytes": statistics.median(answer_bytes) if received else None,
+        "bytes_ratio": statistics.median(answer_bytes) / final if received else None,
+        "bytes_ratio_max": max(answer_bytes) / final if received else None,
+        "event_bytes_ratio": statistics.median(event_bytes) / final if received else None,
+        "chunks": statistics.median(len(s.answer_data()) for s in received) if received else None,
+        "checked": len(received),
+        "exact": sum(stream.ok() and stream.rendered() == rendered for stream in received),
+    }

@@ -21,6 +21,11 @@ HELD_P99_MS = 50.0
 ROUND_TRIPS_TIMES_PEER = 5.0
 RELEASE_P99_MS = 100.0
 FIRST_TEXT_MS = 50.0
+#: Rendering the answer while it streams (live_markdown.py): the answer_chunk
+#: data at most this many times its final rendering's bytes, and the app's CPU
+#: per token at most this many times the same app's with --plain-stream.
+MD_BYTES_TIMES_FINAL = 1.5
+MD_CPU_TIMES_PLAIN = 1.5
 
 
 @dataclass
@@ -256,18 +261,71 @@ def browser_rows(pages: dict, busy: str) -> list[Row]:
     return rows
 
 
+def markdown_rows(figures: dict, busy: str) -> list[Row]:
+    plan, md = figures["plan"], figures["markdown"]
+    paced, fast, w0 = md["paced"], md["fast"], md["w0"]["md-w0"]
+    pace = f"{plan['md_delay'] * 1000:g} ms/token"
+    streams = plan["md_streams"]
+
+    def wire(figure: str, app: dict) -> Row:
+        return Row(
+            figure,
+            f"{number(app['bytes_ratio'], 'x', 2)} ({number(app['answer_bytes'])} / "
+            f"{number(app['final_bytes'])} B, {number(app['chunks'])} chunks)",
+            target=f"<= {MD_BYTES_TIMES_FINAL:g}x",
+            met=met(app["bytes_ratio_max"], MD_BYTES_TIMES_FINAL),
+            exact=exact(app),
+            busy_else=busy,
+        )
+
+    def cpu(figure: str, both: dict) -> Row:
+        rendered, plain = both["md"], both["md-plain"]
+        us = f"{number(rendered['cpu_us_per_token'], '', 1)} / "
+        us += number(plain["cpu_us_per_token"], " us", 1)
+        return Row(
+            figure,
+            f"{number(rendered['cpu_vs_plain'], 'x', 2)} ({us})",
+            target=f"<= {MD_CPU_TIMES_PLAIN:g}x plain",
+            met=met(rendered["cpu_vs_plain"], MD_CPU_TIMES_PLAIN),
+            exact=exact(rendered, plain),
+            busy_else=busy,
+        )
+
+    return [
+        wire(
+            f"Markdown ({md['tokens']:,} tokens): chunk bytes / final HTML, default window, {pace}",
+            paced["md"],
+        ),
+        wire("  the same, --answer-window 0 (each token rendered alone)", w0),
+        cpu(f"Markdown CPU/token, rendered / plain: {streams} streams, {pace}", paced),
+        cpu(f"  the same, {streams} streams at full speed", fast),
+    ]
+
+
 def rows(figures: dict) -> list[Row]:
-    """Every row of the table, in the scenarios' order."""
+    """Every row of the table, in the scenarios' order (of the sections that ran)."""
     plan = figures["plan"]
     busy = {key: percent(share) for key, share in figures["other_load"].items()}
-    table = throughput_rows(figures, busy["s1"]) + latency_rows(figures, busy["s2"])
-    table += first_text_rows(figures, busy["first-text"])
+    table = []
+    if "s1" in figures:
+        table += throughput_rows(figures, busy["s1"])
+    if "s2" in figures:
+        table += latency_rows(figures, busy["s2"])
+    if "first-text" in figures:
+        table += first_text_rows(figures, busy["first-text"])
     for size in plan["s3_sizes"]:
-        table += held_rows(figures[f"s3-{size}"], busy[f"s3-{size}"])
-    table += round_trip_rows(figures, busy["s4"])
+        if f"s3-{size}" in figures:
+            table += held_rows(figures[f"s3-{size}"], busy[f"s3-{size}"])
+    if "s4" in figures:
+        table += round_trip_rows(figures, busy["s4"])
     for size in plan["release_sizes"]:
-        table += release_rows(figures[f"release-{size}"], size, busy[f"release-{size}"])
-    return table + browser_rows(figures["browser"], busy["browser"])
+        if f"release-{size}" in figures:
+            table += release_rows(figures[f"release-{size}"], size, busy[f"release-{size}"])
+    if "browser" in figures:
+        table += browser_rows(figures["browser"], busy["browser"])
+    if "markdown" in figures:
+        table += markdown_rows(figures, busy["markdown"])
+    return table
 
 
 def render(table: list[Row]) -> str:
@@ -283,14 +341,14 @@ def render(table: list[Row]) -> str:
 
 
 def answers_checked(figures: dict) -> tuple[int, int]:
-    """(exact, checked) answers over the whole run."""
+    """(exact, checked) answers over the whole run (every run's, summed in the medians)."""
     found = []
-    for key, value in figures.items():
-        if key.endswith("-runs") or not isinstance(value, dict):
-            continue
-        if "checked" in value:
-            found.append(value)
-        found += [
-            inner for inner in value.values() if isinstance(inner, dict) and "checked" in inner
-        ]
+    todo = [value for key, value in figures.items() if not key.endswith("-runs")]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            if "checked" in value:
+                found.append(value)
+            else:
+                todo += value.values()
     return sum(f["exact"] for f in found), sum(f["checked"] for f in found)

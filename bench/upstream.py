@@ -8,6 +8,8 @@ directive asks for (bench/protocol.py): a role chunk, ``tokens`` content chunks
 chunk and ``data: [DONE]``, each a ``chat.completion.chunk`` JSON of the size
 real servers send. Tokens follow a fixed schedule (token i is due ``i * delay``
 after the first), so a late wake-up does not slow the whole stream down.
+With ``markdown=1`` the content chunks are the fixed Markdown answer's tokens
+(``markdown_tokens``), at the same pace.
 
 What it records, for the upstream-release figure: the moment (``monotonic_ns``)
 each request's connection closed before its answer was complete. The server
@@ -23,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
-from bench.protocol import Directive, token_text
+from bench.protocol import Directive, markdown_tokens, token_text
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 #: Every chunk has the fields a real server sends; only the delta differs.
@@ -48,6 +52,26 @@ def content_frame(text: str) -> bytes:
     # The token texts need no JSON escaping (bench/protocol.py), so a template
     # is enough: json.dumps here would cost the upstream more CPU than the app.
     return CONTENT_OPEN + text.encode() + CONTENT_CLOSE
+
+
+@functools.cache
+def markdown_frames() -> tuple[bytes, ...]:
+    """The Markdown answer's content chunks, made once: its tokens need JSON escaping
+    (quotes, backslashes, line breaks)."""
+    return tuple(
+        CONTENT_OPEN + json.dumps(token, ensure_ascii=False)[1:-1].encode() + CONTENT_CLOSE
+        for token in markdown_tokens()
+    )
+
+
+def numbered_frame(directive: Directive) -> Callable[[int], bytes]:
+    """Token ``i``'s chunk, its stamp (when asked for) taken just before the write."""
+
+    def frame(index: int) -> bytes:
+        stamp = time.monotonic_ns() if directive.stamp else None
+        return content_frame(token_text(index, stamp))
+
+    return frame
 
 
 def usage_frame(tokens: int) -> bytes:
@@ -85,8 +109,12 @@ class FakeModel:
         try:
             await response.prepare(request)
             await response.write(ROLE_FRAME)
-            await self._send_tokens(response, directive)
-            await response.write(FINISH_FRAME + usage_frame(directive.tokens) + DONE_FRAME)
+            if directive.markdown:
+                await self._send_tokens(response, directive, markdown_frames().__getitem__)
+            else:
+                await self._send_tokens(response, directive, numbered_frame(directive))
+            usage = usage_frame(directive.answer_tokens())
+            await response.write(FINISH_FRAME + usage + DONE_FRAME)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionError):
             # The relay let go of the request before the end: the figure we are after.
@@ -95,17 +123,18 @@ class FakeModel:
         self.completed += 1
         return response
 
-    async def _send_tokens(self, response: web.StreamResponse, directive: Directive) -> None:
+    async def _send_tokens(
+        self, response: web.StreamResponse, directive: Directive, frame: Callable[[int], bytes]
+    ) -> None:
         # One token per write, as real servers do. Token i is due i * delay after
         # the first; a late wake-up sends the next token at once and catches up.
         loop = asyncio.get_running_loop()
         first = loop.time()
-        for index in range(directive.tokens):
+        for index in range(directive.answer_tokens()):
             # Even with no delay this yields, so concurrent streams interleave like
             # independent generators instead of one of them hogging the loop.
             await asyncio.sleep(max(0.0, first + index * directive.delay - loop.time()))
-            stamp = time.monotonic_ns() if directive.stamp else None
-            await response.write(content_frame(token_text(index, stamp)))
+            await response.write(frame(index))
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(
