@@ -196,6 +196,10 @@ _MAYBE_BLOCK = re.compile(
 #: The end of a paragraph's text that may still change meaning: an entity or an
 #: escape being written, a run of ``*`` or backticks that may grow.
 _UNFINISHED_TAIL = re.compile(r"(?:&#?\w*|\\|[*_`~!\[]+)$")
+#: Text with none of the characters where inline Markdown can start (markdown-it's
+#: text rule stops at exactly these; "<", ">" and "&" among them): as HTML, it is
+#: itself, but for its double quotes.
+_PLAIN_TEXT = re.compile(r"[^\n!#$%&*+\-:<=>@\[\\\]^_`{}~]*")
 _TRAILING_CLOSER = re.compile(r"</([a-z][a-z0-9]*)>\s*$")
 _TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)[^>]*?(/?)>")
 _VOID = frozenset({"br", "hr", "img", "input", "wbr"})
@@ -396,7 +400,10 @@ class LiveMarkdown:
         text = line[start:end]
         if start == 0:
             text = text.lstrip()
-        rendered = self._md.renderInline(text, self._env)
+        if _PLAIN_TEXT.fullmatch(text):  # words and punctuation: nothing to parse
+            rendered = text.replace('"', "&quot;")  # what markdown-it would give
+        else:
+            rendered = self._md.renderInline(text, self._env)
         if start == 0 and self._kind == "paragraph" and self._lines and self._lines[-1].strip():
             # The next line of the open paragraph: after a soft (or a hard) line break.
             hard = self._lines[-1].endswith("  \n") or self._lines[-1].endswith("\\\n")
