@@ -67,11 +67,11 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import aiohttp_jinja2
 import jinja2
@@ -116,6 +116,7 @@ from providers.openai import (
 from settings import (
     ACCESS,
     LIMITS,
+    SCALE,
     SERVER,
     TUNING,
     host_names,
@@ -123,6 +124,7 @@ from settings import (
     port_number,
     positive,
     read_settings,
+    redis_address,
     setting,
     text_or_none,
 )
@@ -405,7 +407,6 @@ class Store:
         """Store a prompt as a new turn (of a new conversation if the form names none),
         with its stream; a Refusal if a limit or the conversation's state forbids it.
         Also whether the conversation is new."""
-        config = self.config
         async with self.lock:
             conversation = None
             if form.conversation:
@@ -415,13 +416,7 @@ class Store:
                 self._let_go_of_unopened(conversation)
                 if conversation.streaming:
                     raise Refusal(409, STILL_STREAMING)
-            earlier = conversation.turns if conversation is not None else []
-            if form.replace:  # edit the last prompt, or answer it again
-                if not earlier or earlier[-1].uid != form.replace:
-                    raise Refusal(409, ONLY_THE_LAST)
-                earlier = earlier[:-1]
-            elif len(earlier) >= config.max_turns:
-                raise Refusal(409, TOO_MANY_TURNS.format(limit=config.max_turns))
+            earlier = self.earlier_turns(conversation, form)
             for unopened in self.limits.check_room(self.active(), client):
                 self._forget(unopened)
                 unopened.turn.end("expired", None, UNOPENED)
@@ -429,25 +424,64 @@ class Store:
             new = conversation is None
             if conversation is None:
                 conversation = self.conversations.new(settings)
-            prompt = conversation.turns[-1].prompt if form.again else form.prompt
-            messages, left_out = history(
-                earlier, settings.system_prompt, prompt, config.history_chars
-            )
-            turn = Turn(self.new_uid(), prompt, settings, left_out=left_out)
+            turn, request = self.next_turn(conversation, earlier, form, settings)
             self.conversations.set_turns(conversation, [*earlier, turn])
             conversation.settings = settings
-            request = ChatRequest(messages, settings.model, settings.temperature)
             self._streams[turn.uid] = Stream(turn.uid, request, client, turn, conversation.cid)
             self.conversations.make_room()
             return conversation, turn, new
 
+    def earlier_turns(self, conversation: Conversation | None, form: PromptForm) -> list[Turn]:
+        """The turns the new one follows: all, or all but the last one it replaces."""
+        earlier = conversation.turns if conversation is not None else []
+        if form.replace:  # edit the last prompt, or answer it again
+            if not earlier or earlier[-1].uid != form.replace:
+                raise Refusal(409, ONLY_THE_LAST)
+            return earlier[:-1]
+        if len(earlier) >= self.config.max_turns:
+            raise Refusal(409, TOO_MANY_TURNS.format(limit=self.config.max_turns))
+        return earlier
+
+    def next_turn(
+        self,
+        conversation: Conversation,
+        earlier: list[Turn],
+        form: PromptForm,
+        settings: ChatSettings,
+    ) -> tuple[Turn, ChatRequest]:
+        """The new turn, and what the model is asked: the history, then the prompt."""
+        prompt = conversation.turns[-1].prompt if form.again else form.prompt
+        messages, left_out = history(
+            earlier, settings.system_prompt, prompt, self.config.history_chars
+        )
+        turn = Turn(self.new_uid(), prompt, settings, left_out=left_out)
+        return turn, ChatRequest(messages, settings.model, settings.temperature)
+
     def stream(self, uid: str) -> Stream | None:
+        """The stream, if this process has it."""
         return self._streams.get(uid)
 
-    def settings_of(self, cid: str) -> ChatSettings | None:
+    async def streams_elsewhere(self, uid: str) -> bool:
+        """Whether the stream runs in another process (never, with this store)."""
+        return False
+
+    async def conversation(self, cid: str) -> Conversation | None:
+        """The conversation, now the most recently used; None if unknown or gone."""
+        return self.conversations.get(cid) if is_id(cid) else None
+
+    async def recent(self, cids: list[str]) -> list[Conversation]:
+        """The conversations among ``cids`` that are still kept and have a turn."""
+        found = (self.conversations.peek(cid) for cid in cids)
+        return [conversation for conversation in found if conversation and conversation.turns]
+
+    async def settings_of(self, cid: str) -> ChatSettings | None:
         """The settings a conversation asks with, if it is known."""
         conversation = self.conversations.peek(cid)
         return conversation.settings if conversation is not None else None
+
+    async def count_prompt(self, client: str) -> None:
+        """Count a prompt against its client's rate (a Refusal past it)."""
+        self.limits.count_prompt(client)
 
     def _let_go_of_unopened(self, conversation: Conversation) -> None:
         # A turn whose page never opened its stream (closed at once, the network
@@ -466,12 +500,22 @@ class Store:
         """The streams that have not ended: waiting to be opened, or generating."""
         return [stream for stream in self._streams.values() if not stream.closed]
 
-    def claim(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
+    async def claim(
+        self,
+        uid: str,
+        last_event_id: int | None,
+        start: Callable[[Stream], Coroutine[Any, Any, None]],
+    ) -> tuple[Stream, int]:
         """A listener joins: the stream and the event id to write from, or NotClaimable.
+        The first listener of a new stream starts its producer, ``start(stream)``:
+        one claim at a time, so two GETs never both start one."""
+        async with self.lock:
+            stream, position = self._claim(uid, last_event_id)
+            if stream.producer is None:
+                stream.producer = asyncio.create_task(start(stream))
+            return stream, position
 
-        Call it holding ``lock``. A stream with no producer yet is new: the
-        caller starts one before it lets go of the lock.
-        """
+    def _claim(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
         stream = self._streams.get(uid)
         if stream is None or self._expired(stream) or self._resume_too_late(stream):
             raise NotClaimable(UNKNOWN_UID)
@@ -573,7 +617,7 @@ async def conversation_page(request: web.Request) -> web.Response:
     """A conversation's own URL: the whole thread, rendered here; a turn still
     streaming resumes where this page leaves it."""
     cid = request.match_info["cid"]
-    conversation = request.app[STORE].conversations.get(cid) if is_id(cid) else None
+    conversation = await request.app[STORE].conversation(cid)
     if conversation is None:
         return aiohttp_jinja2.render_template(
             "gone.html", request, {"message": CONVERSATION_GONE}, status=404
@@ -589,12 +633,7 @@ async def render_page(request: web.Request, conversation: Conversation | None) -
         if conversation
         else []
     )
-    conversations = app[STORE].conversations
-    recent = [
-        found
-        for cid in recent_ids(request.cookies.get(RECENT_COOKIE))
-        if (found := conversations.peek(cid)) is not None and found.turns
-    ]
+    recent = await app[STORE].recent(recent_ids(request.cookies.get(RECENT_COOKIE)))
     response = aiohttp_jinja2.render_template(
         "index.html",
         request,
@@ -622,9 +661,10 @@ async def process_prompt(request: web.Request) -> web.Response:
     store = request.app[STORE]
     client = client_address(request)
     try:
-        store.limits.count_prompt(client)  # first: reading the body is work
+        await store.count_prompt(client)  # first: reading the body is work
         form = await read_prompt(request)
-        settings = await chat_settings(request.app, form, store.settings_of(form.conversation))
+        kept = await store.settings_of(form.conversation)
+        settings = await chat_settings(request.app, form, kept)
         conversation, turn, new = await store.add_turn(form, settings, client)
     except Refusal as refusal:
         return refuse(request, refusal)
@@ -658,7 +698,11 @@ async def render_turn(app: web.Application, conversation: Conversation, turn: Tu
     """One turn of a rendered page: its finished answer, or its stream, resuming
     after the events whose effect the page already shows."""
     template = aiohttp_jinja2.get_env(app).get_template("turn.html")
-    stream = app[STORE].stream(turn.uid)
+    store = app[STORE]
+    stream = store.stream(turn.uid)
+    if stream is None and not turn.done and await store.streams_elsewhere(turn.uid):
+        # Another process writes it: this page shows it from its first event.
+        return Markup(template.render(turn=turn, cid=conversation.cid, **fresh_stream(after=0)))
     if turn.done or stream is None:
         transcript = turn.transcript or Transcript()
         final = await render_answer(app, turn.uid, transcript, turn.extras, turn.error)
@@ -674,9 +718,9 @@ async def render_turn(app: web.Application, conversation: Conversation, turn: Tu
     )
 
 
-def fresh_stream() -> dict[str, Any]:
-    """A new turn's stream, from its first event."""
-    return {"after": None, "shown_thought": WAITING, "shown_answer": ""}
+def fresh_stream(after: int | None = None) -> dict[str, Any]:
+    """A turn's stream, from its first event."""
+    return {"after": after, "shown_thought": WAITING, "shown_answer": ""}
 
 
 def refuse(request: web.Request, refusal: Refusal) -> web.Response:
@@ -714,6 +758,13 @@ LEFT_UNFINISHED = "This answer was left unfinished: nobody was reading it any mo
 STOPPED = "stopped"  # the reason a person's Stop button gives
 CAPPED = "too big"  # the model's text reached --max-answer-chars
 RESTARTING_REASON = "restarting"
+STORE_LOST_REASON = "store lost"  # the shared store (redis_store.py) became unreachable
+#: What the page says when the server ends an answer on purpose, by the reason.
+STOPPED_BY_SERVER = {
+    RESTARTING_REASON: RESTARTING,
+    STORE_LOST_REASON: "The server lost its connection to its shared store while writing "
+    "this answer. Please submit the prompt again in a moment.",
+}
 FINISH_NOTES = {
     "length": "The answer was cut short: the model reached its token limit.",
     "content_filter": "The answer was cut short by the model server's content filter.",
@@ -1049,7 +1100,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
             view = answer_view(app, stream, transcript)
             relay.finish(await final(view))
         else:
-            await fail(RESTARTING)
+            await fail(STOPPED_BY_SERVER.get(stream.stop_reason, RESTARTING))
     except Exception:
         log.exception("stream %s: the provider failed", stream.uid[:9])
         outcome = "crashed"
@@ -1149,10 +1200,12 @@ async def response_stream(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     response = await open_event_stream(request)
     try:
-        async with store.lock:  # one claim at a time: two GETs never both start a producer
-            stream, position = store.claim(request.query.get("uid", ""), last_event_id(request))
-            if stream.producer is None:  # the first GET for this uid: start generating
-                stream.producer = asyncio.create_task(produce(request.app, stream))
+        # The first GET for a uid starts generating: produce() runs until `close`.
+        stream, position = await store.claim(
+            request.query.get("uid", ""),
+            last_event_id(request),
+            start=functools.partial(produce, request.app),
+        )
     except NotClaimable as refused:
         # A 200 with error + close: any other status makes the page retry forever.
         await response.write(
@@ -1294,7 +1347,13 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     )
     app[CONFIG] = config
     app[HOSTS] = allowed_hosts(config)
-    app[STORE] = Store(config)
+    if config.redis_url:  # shared by several processes: redis_store.py
+        from redis_store import RedisStore
+
+        app[STORE] = shared = RedisStore(config)
+        app.cleanup_ctx.append(shared.running)
+    else:
+        app[STORE] = Store(config)
     app[VENDOR] = script_urls = find_vendor_scripts()
     app[SECURITY_HEADERS] = security_headers_for(script_urls)  # built once, sent always
     env = aiohttp_jinja2.setup(
@@ -1361,6 +1420,22 @@ MINE_STREAMING = "You already have {count} answers streaming; wait for one to fi
 RETRY = {"Retry-After": "5"}
 
 
+class Counted(Protocol):
+    """What the stream limits look at in a stream (a Stream, or redis_store's record of one)."""
+
+    @property
+    def client(self) -> str: ...
+    @property
+    def created(self) -> float: ...  # time.monotonic() when it was posted
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def producer(self) -> object | None: ...  # None until its first GET
+
+
+CountedT = TypeVar("CountedT", bound=Counted)
+
+
 class Limits:
     """What one client, and everyone together, may do at once (each limit a flag).
 
@@ -1390,7 +1465,7 @@ class Limits:
             )
         recent.append(now)
 
-    def check_room(self, active: list[Stream], client: str) -> list[Stream]:
+    def check_room(self, active: list[CountedT], client: str) -> list[CountedT]:
         """Raise a Refusal if one more prompt from ``client`` would pass a stream limit.
 
         Past a limit for everyone, the oldest prompts nobody opened within
@@ -1411,9 +1486,9 @@ class Limits:
         if mine >= config.max_streams_per_client:
             raise Refusal(429, MINE_STREAMING.format(count=mine), RETRY)
 
-        making_room: list[Stream] = []
+        making_room: list[CountedT] = []
 
-        def give_way(candidates: list[Stream], refusal: Refusal) -> None:
+        def give_way(candidates: list[CountedT], refusal: Refusal) -> None:
             stale = [
                 stream
                 for stream in candidates
@@ -1432,7 +1507,7 @@ class Limits:
         return making_room
 
     @staticmethod
-    def counted(streams: Iterable[Stream], now: float) -> list[Stream]:
+    def counted(streams: Iterable[CountedT], now: float) -> list[CountedT]:
         """The streams that count against the stream limits: generating, or posted
         within PENDING_COUNTS_S and not opened yet."""
         return [
@@ -1442,7 +1517,7 @@ class Limits:
             and (stream.producer is not None or now - stream.created < PENDING_COUNTS_S)
         ]
 
-    def started_late(self, streams: Iterable[Stream], stream: Stream) -> str | None:
+    def started_late(self, streams: Iterable[Counted], stream: Counted) -> str | None:
         """A prompt opened after it stopped counting counts again from now on: why it
         may not start, if that would pass a stream limit; else None."""
         now = time.monotonic()
@@ -1668,7 +1743,7 @@ async def page_choices(app: web.Application, conversation: Conversation | None) 
 async def export_conversation(request: web.Request) -> web.Response:
     """The conversation as a Markdown file: prompts, answers, model and time."""
     cid = request.match_info["cid"]
-    conversation = request.app[STORE].conversations.get(cid) if is_id(cid) else None
+    conversation = await request.app[STORE].conversation(cid)
     if conversation is None:
         return aiohttp_jinja2.render_template(
             "gone.html", request, {"message": CONVERSATION_GONE}, status=404
@@ -1855,6 +1930,8 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
             return refuse(request, Refusal(403, "Prompts can only be sent from this app's page."))
         response = await handler(request)
         return response
+    except Refusal as refusal:  # from any handler: the shared store unreachable, say
+        return refuse(request, refusal)
     finally:
         limits.leave(client)
 
@@ -2286,6 +2363,22 @@ class Config:
         group=TUNING, convert=not_negative,
     )  # fmt: skip
 
+    # Several processes: redis_store.py, workers.py.
+    redis_url: str | None = setting(
+        None, "keep streams, conversations and limits in this Redis (redis://[:PASSWORD@]"
+        "HOST:PORT/DB), shared by every worker and machine; default: in this process's memory",
+        group=SCALE, env="REDIS_URL", convert=redis_address, metavar="URL", secret=True,
+    )  # fmt: skip
+    redis_prefix: str = setting(
+        "htmx-sse", "the start of every Redis key this app writes, so apps can share a Redis",
+        group=SCALE, env="REDIS_PREFIX", metavar="TEXT",
+    )  # fmt: skip
+    workers: int = setting(
+        1, "worker processes on this machine, run by gunicorn (more than one needs "
+        "--redis-url)",
+        group=SCALE, env="WEB_CONCURRENCY", convert=positive(int),
+    )  # fmt: skip
+
 
 EXAMPLES = """\
 A flag beats its environment variable, which beats the default. OPENAI_API_KEY
@@ -2334,6 +2427,14 @@ def config_problems(config: Config) -> list[str]:
             "the model server's URL carries a user name and password, and OPENAI_API_KEY "
             "is set too: a request can carry only one of them, so remove one"
         )
+    if config.workers > 1 and not config.redis_url:
+        problems.append(
+            f"--workers {config.workers} needs a shared store (--redis-url or REDIS_URL): "
+            "each worker would keep its own streams and conversations, and a browser's next "
+            "request may reach a worker that knows nothing of them"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", config.redis_prefix):
+        problems.append("--redis-prefix must be 1 to 64 letters, digits, '_', '.' or '-'")
     for each, everyone in [
         ("max_streams_per_client", "max_streams"),
         ("max_pending_per_client", "max_pending"),
@@ -2395,16 +2496,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("open files: at most %d (the soft limit was %d)", after, before)
     else:
         log.info("open files: at most %d", after)
-    app = make_app(config)
-    app.on_startup.append(check_model_server)
-    gc.freeze()  # the modules and the app live as long as the process: never scan them again
-    gc.set_threshold(*GC_THRESHOLDS)
-    local = all(app[VENDOR][script.filename] == script.local_url for script in VENDOR_SCRIPTS)
+    local = all(
+        find_vendor_scripts()[script.filename] == script.local_url for script in VENDOR_SCRIPTS
+    )
     log.info(
         "htmx is served %s", "by this app" if local else "from a CDN (`npm ci` serves it here)"
     )
     if config.password:
         log.info("a password (APP_PASSWORD) protects the app")
+    if config.redis_url:  # the shared store must answer now, or we do not start
+        from redis_store import check_reachable
+
+        problem = asyncio.run(check_reachable(config.redis_url))
+        if problem:
+            sys.exit(problem)
+        log.info("streams and conversations are kept in Redis at %s", public_url(config.redis_url))
+    if config.workers > 1:
+        from workers import run_workers
+
+        run_workers(config)  # gunicorn forks the workers; each runs make_app(config)
+        return
+    app = make_app(config)
+    app.on_startup.append(check_model_server)
+    gc.freeze()  # the modules and the app live as long as the process: never scan them again
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         web.run_app(
             app,
@@ -2419,4 +2534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # `python server.py` runs this file as __main__: redis_store.py's `import server`
+    # must find this module, not load a second copy of it.
+    sys.modules["server"] = sys.modules["__main__"]
     main()

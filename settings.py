@@ -28,7 +28,8 @@ MODEL_SERVER = "the model server (any OpenAI-compatible API)"
 LIMITS = "limits (each refusal is a readable message)"
 ACCESS = "access"
 TUNING = "tuning"
-GROUPS = (SERVER, MODEL_SERVER, LIMITS, ACCESS, TUNING)
+SCALE = "several processes (a shared store in Redis)"
+GROUPS = (SERVER, MODEL_SERVER, LIMITS, ACCESS, TUNING, SCALE)
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,18 @@ def setting(
     flag: bool = True,
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """A dataclass field that can be set by a flag (``--field-name``) or ``env``.
 
     A field whose default is ``False`` is a switch: its flag takes no value. A
-    field without a flag is kept out of ``repr()``: it holds a secret.
+    field without a flag, or ``secret`` (a URL with a password, say), is kept out
+    of ``repr()``.
     """
     declared = Setting(help, group, env, convert, flag, choices, metavar)
-    return dataclasses.field(default=default, repr=flag, metadata={"setting": declared})
+    return dataclasses.field(
+        default=default, repr=flag and not secret, metadata={"setting": declared}
+    )
 
 
 def declared(cls: type) -> list[tuple[dataclasses.Field[Any], Setting]]:
@@ -126,6 +131,19 @@ def http_url(text: str) -> str:
         raise ValueError("not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an http(s) URL, as in http://127.0.0.1:8080/v1")
+    return text
+
+
+def redis_address(text: str) -> str | None:
+    """A Redis URL (redis://, rediss:// or unix://); empty means none."""
+    if not text:
+        return None
+    try:
+        url = URL(text)
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+        raise ValueError("must be a Redis URL, as in redis://127.0.0.1:6379/0")
     return text
 
 

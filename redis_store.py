@@ -1,0 +1,888 @@
+"""The shared store: streams, conversations and limits kept in Redis, so that
+several worker processes, on one machine or many, serve the same app.
+
+server.py's ``Store`` keeps everything in one process's memory, and stays the
+default. ``RedisStore`` (``--redis-url`` or ``REDIS_URL``) keeps it where every
+worker sees it, so that any worker serves any request: the POST may reach one
+worker, the GET another, a reconnect with ``Last-Event-ID`` a third.
+
+How an answer travels. The worker that gets a uid's first GET produces it
+(``produce`` in server.py, unchanged). Its ``LoggedStream`` keeps each frame
+for its own listeners, as the in-memory store does, and the ``LogWriter``
+appends it to the answer's Redis stream, entry id ``0-N`` for SSE id N: the
+SSE ids stay what they are with one process. A worker with a listener for an
+answer produced elsewhere follows that log with its ``LogReader``: one XREAD
+over every log it follows, on one connection, into a ``FollowedStream``,
+which ``listen`` writes out exactly as it writes a local one.
+
+Stop and "nobody is listening" reach the producing worker as messages on a
+control stream that every worker reads. Each worker refreshes a heartbeat key;
+an answer whose producer's heartbeat is gone (a worker killed) is ended by any
+worker with a readable ``error`` and ``close``.
+
+Keys (each under ``--redis-prefix``; every one expires):
+
+=======================  ====================================================
+``conv:{cid}``           a conversation, as JSON (``--conversation-ttl``)
+``convs``                conversation ids by last use (``--max-conversations``)
+``stream:{uid}``         hash: state (pending, producing, closed), client,
+                         conversation, turn, request, producer, listeners
+``log:{uid}``            Redis stream: the answer's SSE frames
+``active``               hash: uid -> the answers not ended, for the limits
+``rate:{client}``        sorted set: the client's prompts of the last minute
+``control``              Redis stream: stop and idle messages
+``wake:{worker}``        Redis stream: wakes a worker's reader for a new log
+``worker:{worker}``      a worker's heartbeat, gone soon after the worker
+=======================  ====================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as redis
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisError, WatchError
+
+from conversations import ChatSettings, Conversation, Turn, is_id, new_id
+from providers.events import ChatRequest, Message, Usage
+from server import (
+    ALREADY_STREAMING,
+    CONVERSATION_GONE,
+    GIVE_WAY_S,
+    MAX_LISTENERS_PER_STREAM,
+    RATE_WINDOW_S,
+    STILL_STREAMING,
+    STOPPED_BY_SERVER,
+    STORE_LOST_REASON,
+    UNKNOWN_UID,
+    UNOPENED,
+    Config,
+    Event,
+    NotClaimable,
+    PromptForm,
+    Refusal,
+    Store,
+    Stream,
+    Transcript,
+    close_event,
+    error_event,
+    format_event,
+    public_url,
+)
+
+log = logging.getLogger("stream")
+
+STORE_UNREACHABLE = (
+    "The server cannot reach its shared store right now. Please try again in a moment."
+)
+PRODUCER_GONE = "The server process writing this answer stopped. Please submit the prompt again."
+HEARTBEAT_S = 1.0  # how often a worker says it is alive, and looks for answers left behind
+HEARTBEAT_TTL_S = 3.0  # a worker silent this long is gone: its answers are ended
+READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long at most, then asks again
+CONTROL_KEPT = 10_000  # control messages kept (about): older ones are trimmed
+SETTLE_S = 1.0  # a finished log outlives the grace period by this much
+DRAIN_S = 5.0  # at shutdown, how long the last frames may take to be written
+RETRIES = 10  # a transaction retried this often when another worker changed its key
+
+
+# --- what is kept, as JSON ----------------------------------------------------------------
+
+
+def turn_to_json(turn: Turn) -> dict[str, Any]:
+    transcript = turn.transcript
+    return {
+        "uid": turn.uid,
+        "prompt": turn.prompt,
+        "settings": asdict(turn.settings),
+        "created": turn.created,
+        "left_out": turn.left_out,
+        "outcome": turn.outcome,
+        "error": turn.error,
+        "extras": turn.extras,
+        "transcript": None
+        if transcript is None
+        else {
+            "answer": transcript.answer,
+            "reasoning": transcript.reasoning,
+            "finish_reason": transcript.finish_reason,
+            "usage": None if transcript.usage is None else asdict(transcript.usage),
+        },
+    }
+
+
+def turn_from_json(data: dict[str, Any]) -> Turn:
+    kept = data["transcript"]
+    transcript = None
+    if kept is not None:
+        transcript = Transcript(finish_reason=kept["finish_reason"])
+        transcript.add_answer(kept["answer"])
+        transcript.add_reasoning(kept["reasoning"])
+        transcript.usage = None if kept["usage"] is None else Usage(**kept["usage"])
+    return Turn(
+        data["uid"],
+        data["prompt"],
+        ChatSettings(**data["settings"]),
+        created=data["created"],
+        left_out=data["left_out"],
+        outcome=data["outcome"],
+        transcript=transcript,
+        error=data["error"],
+        extras=data["extras"],
+    )
+
+
+def conversation_to_json(conversation: Conversation) -> bytes:
+    return json.dumps(
+        {
+            "cid": conversation.cid,
+            "settings": asdict(conversation.settings),
+            "created": conversation.created,
+            "turns": [turn_to_json(turn) for turn in conversation.turns],
+        }
+    ).encode()
+
+
+def conversation_from_json(raw: bytes) -> Conversation:
+    data = json.loads(raw)
+    return Conversation(
+        data["cid"],
+        ChatSettings(**data["settings"]),
+        [turn_from_json(turn) for turn in data["turns"]],
+        created=data["created"],
+    )
+
+
+def request_to_json(request: ChatRequest) -> bytes:
+    return json.dumps(
+        {
+            "messages": [[message.role, message.content] for message in request.messages],
+            "model": request.model,
+            "temperature": request.temperature,
+        }
+    ).encode()
+
+
+def request_from_json(raw: bytes) -> ChatRequest:
+    data = json.loads(raw)
+    messages = tuple(Message(role, content) for role, content in data["messages"])
+    return ChatRequest(messages, data["model"], data["temperature"])
+
+
+@dataclass
+class Active:
+    """An answer not ended yet, as the stream limits see it (server.Counted)."""
+
+    uid: str
+    client: str
+    created: float  # time.monotonic() of this process when it was posted
+    producer: str | None  # the worker producing it; None until its first GET
+    closed: bool = False
+
+    @classmethod
+    def parse(cls, uid: bytes, value: bytes) -> Active:
+        # "client wall-clock-time producer": the client has no space (an address).
+        client, posted, producer = value.decode().split(" ")
+        age = time.time() - float(posted)
+        return cls(uid.decode(), client, time.monotonic() - age, producer or None)
+
+
+def active_entry(client: str, posted: float, producer: str = "") -> str:
+    return f"{client} {posted!r} {producer}"
+
+
+# --- the streams: produced here, or followed here -----------------------------------------
+
+
+class LoggedStream(Stream):
+    """An answer produced by this worker: each frame is also appended to its Redis log."""
+
+    def __init__(self, store: RedisStore, uid: str, request: ChatRequest, client: str,
+                 turn: Turn, cid: str) -> None:  # fmt: skip
+        super().__init__(uid, request, client, turn, cid)
+        self.store = store
+
+    def append(self, event: Event, *, replaces_previous: bool = False) -> None:
+        if self.closed:
+            return
+        older = self._latest.get(event.name) if replaces_previous else None
+        super().append(event, replaces_previous=replaces_previous)
+        frame = self.frames[-1]
+        assert frame is not None
+        forgotten = None if older is None else older + 1  # the event id the log drops
+        self.store.writer.add(self, event.name, len(self.frames), frame, forgotten)
+
+
+class FollowedStream(Stream):
+    """An answer another worker produces, as far as this worker has read its log."""
+
+    def receive(self, event_id: int, name: str, frame: bytes) -> None:
+        frames = self.frames
+        if self.closed or event_id <= len(frames):
+            return  # already here
+        frames.extend([None] * (event_id - 1 - len(frames)))  # ids the log dropped
+        frames.append(frame)
+        if name == "thought":  # the page shows only the newest: as Stream.append does
+            older = self._latest.get(name)
+            if older is not None:
+                frames[older] = None
+            self._latest[name] = len(frames) - 1
+        if name == "close":
+            self.closed = True
+            self.ended_at = time.monotonic()
+        self.last_event_at = time.monotonic()
+        self.wake()
+
+    def lost(self, message: str) -> None:
+        """The log cannot be read: end this copy with an error, for its listeners."""
+        for event in (error_event(message), close_event()):
+            event_id = len(self.frames) + 1
+            self.receive(event_id, event.name, format_event(event.name, event.data, event_id))
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class RedisStore(Store):
+    """server.Store's interface, with every worker's streams, conversations and limits
+    in one Redis. The in-memory parts of Store remain for what is this worker's own:
+    the streams it produces or follows, and the limits on requests at once."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        assert config.redis_url is not None
+        self.url = config.redis_url
+        self.prefix = config.redis_prefix
+        self.worker = secrets.token_hex(6)
+        self.redis = connect(self.url)
+        self.writer = LogWriter(self)
+        self.reader = LogReader(self)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def running(self, app: web.Application) -> AsyncIterator[None]:
+        """The cleanup context: Redis reachable at start, the background tasks while
+        the app runs, and this worker's last frames written before it goes."""
+        await self.redis.ping()
+        tasks = [
+            asyncio.create_task(self.writer.run()),
+            asyncio.create_task(self.reader.run()),
+            asyncio.create_task(self.heartbeat()),
+        ]
+        yield
+        await self.writer.drain()
+        for task in tasks:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        with suppress(RedisError, OSError):
+            await self.redis.delete(self.key("worker", self.worker), self.key("wake", self.worker))
+        await self.reader.close()
+        await self.redis.aclose()
+
+    @asynccontextmanager
+    async def reachable(self) -> AsyncIterator[None]:
+        """Redis unreachable (or failing): a readable 503 for the person, never a 500."""
+        try:
+            yield
+        except (RedisError, OSError) as error:
+            if isinstance(error, WatchError):
+                raise
+            log.warning("shared store %s: %s", public_url(self.url), error)
+            raise Refusal(503, STORE_UNREACHABLE, {"Retry-After": "5"}) from None
+
+    def counts(self) -> dict[str, int]:
+        counts = super().counts()
+        del counts["conversations"]  # kept in Redis, not counted here
+        return counts
+
+    # --- conversations ---
+
+    async def conversation(self, cid: str) -> Conversation | None:
+        if not is_id(cid):
+            return None
+        async with self.reachable():
+            raw = await self.redis.getex(
+                self.key("conv", cid), ex=int(self.config.conversation_ttl)
+            )
+            if raw is None:
+                return None
+            await self.redis.zadd(self.key("convs"), {cid: time.time()})
+        return conversation_from_json(raw)
+
+    async def recent(self, cids: list[str]) -> list[Conversation]:
+        cids = [cid for cid in cids if is_id(cid)]
+        if not cids:
+            return []
+        async with self.reachable():
+            found = await self.redis.mget([self.key("conv", cid) for cid in cids])
+        conversations = [conversation_from_json(raw) for raw in found if raw is not None]
+        return [conversation for conversation in conversations if conversation.turns]
+
+    async def settings_of(self, cid: str) -> ChatSettings | None:
+        if not is_id(cid):
+            return None
+        async with self.reachable():
+            raw = await self.redis.get(self.key("conv", cid))
+        return None if raw is None else conversation_from_json(raw).settings
+
+    # --- limits ---
+
+    async def count_prompt(self, client: str) -> None:
+        key = self.key("rate", client)
+        now = time.time()
+        async with self.reachable():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zremrangebyscore(key, "-inf", now - RATE_WINDOW_S)
+            pipe.zadd(key, {secrets.token_hex(4): now})
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.zcard(key)
+            pipe.expire(key, int(RATE_WINDOW_S) + 1)
+            _, _, oldest, count, _ = await pipe.execute()
+            if count > self.config.prompts_per_minute:
+                await self.redis.zremrangebyscore(key, now, now)  # this one did not count
+                wait = math.ceil(RATE_WINDOW_S - (now - oldest[0][1]))
+                raise Refusal(
+                    429,
+                    f"That is {count - 1} prompts in a minute, the most allowed. "
+                    f"Please wait {wait} s.",
+                    {"Retry-After": str(wait)},
+                )
+
+    async def active_answers(self) -> list[Active]:
+        entries = await self.redis.hgetall(self.key("active"))
+        return [Active.parse(uid, value) for uid, value in entries.items()]
+
+    # --- a new turn ---
+
+    async def add_turn(
+        self, form: PromptForm, settings: ChatSettings, client: str
+    ) -> tuple[Conversation, Turn, bool]:
+        async with self.reachable():
+            for _ in range(RETRIES):
+                try:
+                    return await self._add_turn(form, settings, client)
+                except WatchError:
+                    continue  # another worker changed it meanwhile: read it again
+        raise Refusal(503, STORE_UNREACHABLE, {"Retry-After": "1"})
+
+    async def _add_turn(
+        self, form: PromptForm, settings: ChatSettings, client: str
+    ) -> tuple[Conversation, Turn, bool]:
+        config = self.config
+        async with self.redis.pipeline(transaction=True) as pipe:
+            conversation = None
+            if form.conversation:
+                key = self.key("conv", form.conversation)
+                await pipe.watch(key)
+                raw = await pipe.get(key)
+                if raw is None:
+                    raise Refusal(404, CONVERSATION_GONE)
+                conversation = conversation_from_json(raw)
+                await self._let_go_of_unopened_turns(pipe, conversation)
+                if conversation.streaming:
+                    raise Refusal(409, STILL_STREAMING)
+            earlier = self.earlier_turns(conversation, form)
+            # The limits count every worker's answers (not watched: two workers may
+            # both let one more in at the same moment, never more than that).
+            making_room = self.limits.check_room(await self.active_answers(), client)
+
+            new = conversation is None
+            if conversation is None:
+                conversation = Conversation(new_id(), settings)
+            turn, request = self.next_turn(conversation, earlier, form, settings)
+            conversation.turns = [*earlier, turn]
+            conversation.settings = settings
+            posted = time.time()
+            pipe.multi()
+            for unopened in making_room:
+                pipe.hdel(self.key("active"), unopened.uid)
+                pipe.delete(self.key("stream", unopened.uid))
+            self._save(pipe, conversation)
+            pipe.hset(
+                self.key("stream", turn.uid),
+                mapping={
+                    "state": "pending",
+                    "client": client,
+                    "cid": conversation.cid,
+                    "posted": repr(posted),
+                    "listeners": 0,
+                    "turn": json.dumps(turn_to_json(turn)),
+                    "request": request_to_json(request),
+                },
+            )
+            pipe.expire(self.key("stream", turn.uid), math.ceil(config.uid_ttl))
+            pipe.hset(self.key("active"), turn.uid, active_entry(client, posted))
+            pipe.expire(self.key("active"), self.live_ttl())
+            await pipe.execute()
+        if new:
+            await self._bound_conversations()
+        return conversation, turn, new
+
+    def _save(self, pipe: Any, conversation: Conversation) -> None:
+        pipe.set(
+            self.key("conv", conversation.cid),
+            conversation_to_json(conversation),
+            ex=int(self.config.conversation_ttl),
+        )
+        pipe.zadd(self.key("convs"), {conversation.cid: time.time()})
+        pipe.expire(self.key("convs"), int(self.config.conversation_ttl))
+
+    async def _let_go_of_unopened_turns(self, pipe: Any, conversation: Conversation) -> None:
+        # A turn whose stream is gone (expired unopened, or made room) is over; one
+        # never opened for GIVE_WAY_S gives way to the new prompt, as in server.Store.
+        for turn in conversation.turns:
+            if turn.done:
+                continue
+            state, posted = await pipe.hmget(self.key("stream", turn.uid), ["state", "posted"])
+            if state is None or (state == b"pending" and time.time() - float(posted) >= GIVE_WAY_S):
+                turn.end("expired", None, UNOPENED)
+
+    async def _bound_conversations(self) -> None:
+        """Past --max-conversations, forget the least recently used."""
+        key = self.key("convs")
+        await self.redis.zremrangebyscore(key, "-inf", time.time() - self.config.conversation_ttl)
+        over = await self.redis.zcard(key) - self.config.max_conversations
+        if over > 0:
+            for cid, _ in await self.redis.zpopmin(key, over):
+                await self.redis.delete(self.key("conv", cid.decode()))
+
+    def live_ttl(self) -> int:
+        """How long a stream's keys live while it may still be producing."""
+        config = self.config
+        return math.ceil(config.uid_ttl + config.max_duration + config.grace_period + 60)
+
+    # --- streams ---
+
+    async def streams_elsewhere(self, uid: str) -> bool:
+        async with self.reachable():
+            return bool(await self.redis.exists(self.key("stream", uid)))
+
+    async def claim(
+        self,
+        uid: str,
+        last_event_id: int | None,
+        start: Callable[[Stream], Coroutine[Any, Any, None]],
+    ) -> tuple[Stream, int]:
+        local = self._streams.get(uid)
+        if isinstance(local, LoggedStream):  # produced here: as with one process
+            stream, position = await super().claim(uid, last_event_id, start)
+            await self._listened(uid, 1)
+            return stream, position
+        try:
+            for _ in range(RETRIES):
+                with suppress(WatchError):
+                    return await self._claim_shared(uid, last_event_id, start)
+        except (RedisError, OSError) as error:
+            log.warning("shared store %s: %s", public_url(self.url), error)
+            raise NotClaimable(STORE_UNREACHABLE) from None
+        raise NotClaimable(ALREADY_STREAMING)
+
+    async def _claim_shared(
+        self,
+        uid: str,
+        last_event_id: int | None,
+        start: Callable[[Stream], Coroutine[Any, Any, None]],
+    ) -> tuple[Stream, int]:
+        key = self.key("stream", uid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            fields = await pipe.hgetall(key) if uid else {}
+            state = fields.get(b"state")
+            if state is None:
+                raise NotClaimable(UNKNOWN_UID)
+            posted = float(fields[b"posted"])
+            if state == b"pending":
+                if time.time() - posted > self.config.uid_ttl:
+                    raise NotClaimable(UNKNOWN_UID)
+                client = fields[b"client"].decode()
+                answer = Active(uid, client, time.monotonic() - (time.time() - posted), None)
+                others = [other for other in await self.active_answers() if other.uid != uid]
+                late = self.limits.started_late(others, answer)
+                if late is not None:
+                    raise NotClaimable(late)
+                pipe.multi()
+                pipe.hset(key, mapping={"state": "producing", "producer": self.worker})
+                pipe.hincrby(key, "listeners", 1)
+                pipe.expire(key, self.live_ttl())
+                pipe.hset(self.key("active"), uid, active_entry(client, posted, self.worker))
+                await pipe.execute()
+                turn = turn_from_json(json.loads(fields[b"turn"]))
+                request = request_from_json(fields[b"request"])
+                stream = LoggedStream(self, uid, request, client, turn, fields[b"cid"].decode())
+                stream.listeners = 1
+                async with self.lock:
+                    self._streams[uid] = stream
+                stream.producer = asyncio.create_task(start(stream))
+                return stream, 0
+            # Producing elsewhere, or over: only a browser coming back may listen.
+            if last_event_id is None:
+                raise NotClaimable(ALREADY_STREAMING)
+            ended = fields.get(b"ended")
+            if ended is not None and time.time() - float(ended) > self.config.grace_period:
+                raise NotClaimable(UNKNOWN_UID)
+            if int(fields.get(b"listeners", 0)) >= MAX_LISTENERS_PER_STREAM:
+                raise NotClaimable(ALREADY_STREAMING)
+            pipe.multi()
+            pipe.hincrby(key, "listeners", 1)
+            await pipe.execute()
+        followed = await self.follow(uid)
+        if followed.closed and last_event_id >= len(followed.frames):
+            # The browser saw events its dead producer never logged: it still
+            # gets how the answer ended (the last two events).
+            return followed, max(0, len(followed.frames) - 2)
+        return followed, last_event_id
+
+    async def follow(self, uid: str) -> FollowedStream:
+        """This worker's copy of another worker's answer, read from its log so far."""
+        followed = self._streams.get(uid)
+        if not isinstance(followed, FollowedStream):
+            placeholder = Turn(uid, "", ChatSettings())  # the producer keeps the real one
+            followed = FollowedStream(uid, ChatRequest(()), "", placeholder, "")
+            for entry_id, fields in await self.redis.xrange(self.key("log", uid)):
+                followed.receive(_event_id(entry_id), fields[b"e"].decode(), fields[b"f"])
+            self._streams[uid] = followed
+            await self.reader.watch(uid)
+        followed.listeners += 1
+        return followed
+
+    async def _listened(self, uid: str, change: int) -> int:
+        """Count a listener in or out on every worker's count; how many are left."""
+        try:
+            return int(await self.redis.hincrby(self.key("stream", uid), "listeners", change))
+        except (RedisError, OSError):
+            return 0
+
+    async def detach(self, stream: Stream) -> None:
+        left = await self._listened(stream.uid, -1)
+        if isinstance(stream, FollowedStream):
+            stream.listeners -= 1
+            if stream.listeners == 0:
+                self._forget(stream)  # the reader stops following it
+            if left <= 0 and not stream.closed:
+                await self.send("idle", stream.uid)  # to its producer: nobody listens now
+            return
+        async with self.lock:
+            stream.listeners -= 1
+            if stream.listeners == 0 and left <= 0:
+                self._wait_for_return(stream)
+
+    def _give_up(self, stream: Stream) -> None:
+        # The grace period is over. A finished answer is let go here (its log stays
+        # in Redis for the rest of its resume window); one still generating only if
+        # no worker has a listener for it.
+        stream.timer = None
+        if stream.closed:
+            super()._give_up(stream)
+        elif stream.listeners == 0:
+            asyncio.get_running_loop().create_task(self._give_up_unless_listened(stream))
+
+    async def _give_up_unless_listened(self, stream: Stream) -> None:
+        try:
+            listeners = await self.redis.hget(self.key("stream", stream.uid), "listeners")
+        except (RedisError, OSError):
+            listeners = None
+        if listeners is None or int(listeners) <= 0:
+            super()._give_up(stream)
+
+    async def finished(self, stream: Stream) -> None:
+        await super().finished(stream)
+        try:
+            for _ in range(RETRIES):
+                with suppress(WatchError):
+                    await self._keep_turn(stream.cid, stream.turn)
+                    return
+        except (RedisError, OSError) as error:
+            log.warning("stream %s: its answer could not be kept: %s", stream.uid[:9], error)
+
+    async def _keep_turn(self, cid: str, turn: Turn) -> None:
+        """Put the ended turn into its conversation (if the conversation is still kept)."""
+        key = self.key("conv", cid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            raw = await pipe.get(key)
+            if raw is None:
+                return
+            conversation = conversation_from_json(raw)
+            conversation.turns = [
+                turn if kept.uid == turn.uid else kept for kept in conversation.turns
+            ]
+            pipe.multi()
+            self._save(pipe, conversation)
+            await pipe.execute()
+
+    async def stop(self, uid: str, reason: str) -> None:
+        if isinstance(self._streams.get(uid), LoggedStream):
+            await super().stop(uid, reason)
+        else:  # produced elsewhere, if anywhere: its producer reads the control stream
+            with suppress(RedisError, OSError):
+                await self.send("stop", uid, reason)
+
+    async def send(self, op: str, uid: str, reason: str = "") -> None:
+        """A message to the worker producing ``uid`` (every worker reads them)."""
+        key = self.key("control")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, {"op": op, "uid": uid, "reason": reason}, maxlen=CONTROL_KEPT)
+        pipe.expire(key, self.live_ttl())
+        with suppress(RedisError, OSError):
+            await pipe.execute()
+
+    def on_control(self, op: str, uid: str, reason: str) -> None:
+        stream = self._streams.get(uid)
+        if not isinstance(stream, LoggedStream):
+            return  # another worker's
+        if op == "stop":
+            stream.stop(reason)
+        elif op == "idle" and stream.listeners == 0:
+            self._wait_for_return(stream)
+
+    # --- workers that died ---
+
+    async def heartbeat(self) -> None:
+        """Say this worker is alive; end the answers of workers that are not."""
+        while True:
+            try:
+                await self.redis.set(
+                    self.key("worker", self.worker), b"1", px=int(HEARTBEAT_TTL_S * 1000)
+                )
+                await self.end_orphans()
+            except (RedisError, OSError) as error:
+                log.debug("heartbeat: %s", error)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def end_orphans(self) -> None:
+        answers = await self.active_answers()
+        now = time.monotonic()
+        for answer in answers:
+            if answer.producer is None and now - answer.created > self.config.uid_ttl:
+                await self.redis.hdel(self.key("active"), answer.uid)  # expired unopened
+        producers = sorted({answer.producer for answer in answers if answer.producer})
+        if not producers:
+            return
+        alive = await self.redis.mget([self.key("worker", worker) for worker in producers])
+        gone = {worker for worker, beat in zip(producers, alive, strict=True) if beat is None}
+        for answer in answers:
+            if answer.producer in gone:
+                with suppress(WatchError):
+                    await self._end_orphan(answer.uid)
+
+    async def _end_orphan(self, uid: str) -> None:
+        """End an answer whose producer died: `error` and `close` after its last frame."""
+        key, log_key = self.key("stream", uid), self.key("log", uid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(key, log_key)
+            state, cid = await pipe.hmget(key, ["state", "cid"])
+            if state != b"producing":
+                await pipe.unwatch()
+                await self.redis.hdel(self.key("active"), uid)
+                return
+            last = await pipe.xrevrange(log_key, count=1)
+            event_id = _event_id(last[0][0]) if last else 0
+            pipe.multi()
+            for event in (error_event(PRODUCER_GONE), close_event()):
+                event_id += 1
+                frame = format_event(event.name, event.data, event_id)
+                pipe.xadd(log_key, {"e": event.name, "f": frame}, id=f"0-{event_id}")
+            ended = self.ended_ttl()
+            pipe.hset(key, mapping={"state": "closed", "ended": repr(time.time())})
+            pipe.expire(key, ended)
+            pipe.expire(log_key, ended)
+            pipe.hdel(self.key("active"), uid)
+            await pipe.execute()
+        log.warning("stream %s: its worker stopped; ended it", uid[:9])
+        conversation = await self.conversation(cid.decode()) if cid else None
+        if conversation is not None:
+            for turn in conversation.turns:
+                if turn.uid == uid and not turn.done:
+                    turn.end("crashed", None, PRODUCER_GONE)
+                    await self._keep_turn(conversation.cid, turn)
+
+    def ended_ttl(self) -> int:
+        """How long a finished answer's keys live: its resume window, and a little more."""
+        return math.ceil(self.config.grace_period + SETTLE_S)
+
+
+# --- writing and reading the logs ---------------------------------------------------------
+
+
+class LogWriter:
+    """Appends the frames of the answers this worker produces to their Redis logs,
+    in batches: whatever came while the last batch was being written goes in one
+    pipeline, so a busy worker makes one round trip per batch, not per frame."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.queue: list[tuple[LoggedStream, str, int, bytes, int | None]] = []
+        self.ready = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def add(
+        self, stream: LoggedStream, name: str, event_id: int, frame: bytes, forgotten: int | None
+    ) -> None:
+        self.queue.append((stream, name, event_id, frame, forgotten))
+        self.ready.set()
+        self.idle.clear()
+
+    async def drain(self) -> None:
+        """Wait until what was queued is written (at shutdown), a few seconds at most."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await self.idle.wait()
+
+    async def run(self) -> None:
+        store = self.store
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            batch, self.queue = self.queue, []
+            pipe = store.redis.pipeline(transaction=False)
+            streams: dict[str, LoggedStream] = {}
+            whose: list[LoggedStream] = []  # whose[n]: the stream of the pipeline's nth command
+            for stream, name, event_id, frame, forgotten in batch:
+                log_key = store.key("log", stream.uid)
+                pipe.xadd(log_key, {"e": name, "f": frame}, id=f"0-{event_id}")
+                whose.append(stream)
+                if forgotten is not None:
+                    pipe.xdel(log_key, f"0-{forgotten}")
+                    whose.append(stream)
+                streams[stream.uid] = stream
+            for uid, stream in streams.items():
+                ttl = store.ended_ttl() if stream.closed else store.live_ttl()
+                if stream.closed:
+                    ended = {"state": "closed", "ended": repr(time.time())}
+                    pipe.hset(store.key("stream", uid), mapping=ended)
+                    pipe.hdel(store.key("active"), uid)
+                    whose += [stream, stream]
+                pipe.expire(store.key("log", uid), ttl)
+                pipe.expire(store.key("stream", uid), ttl)
+                whose += [stream, stream]
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as error:
+                results = [error] * len(whose)
+            failed = {
+                stream.uid: stream
+                for stream, result in zip(whose, results, strict=True)
+                if isinstance(result, Exception)
+            }
+            for uid, stream in failed.items():
+                # Redis is gone, or another worker ended this answer (its producer
+                # was thought dead): the generation stops, and says why.
+                log.warning("stream %s: its log could not be written", uid[:9])
+                stream.stop(STORE_LOST_REASON)
+            if not self.queue:
+                self.idle.set()
+
+
+class LogReader:
+    """Follows, for this worker's listeners, the logs of answers other workers
+    produce, and reads the control stream: one blocking XREAD over all of them,
+    on a connection of its own."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        # Its own connection: a blocking read must not time out as a command would.
+        self.redis = connect(store.url, socket_timeout=READ_BLOCK_MS / 1000 + 5, retries=0)
+        self.wake_key = store.key("wake", store.worker)
+
+    async def watch(self, uid: str) -> None:
+        """Wake the blocked read, so that its next one includes this log."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.xadd(self.wake_key, {"uid": uid}, maxlen=100)
+        pipe.expire(self.wake_key, 60)
+        await pipe.execute()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def run(self) -> None:
+        store = self.store
+        control_key = store.key("control")
+        wait = 0.1
+        last_control = last_wake = b""
+        while True:
+            try:
+                if not last_control:  # only what is sent from now on
+                    newest = await self.redis.xrevrange(control_key, count=1)
+                    last_control = newest[0][0] if newest else b"0-0"
+                    newest = await self.redis.xrevrange(self.wake_key, count=1)
+                    last_wake = newest[0][0] if newest else b"0-0"
+                keys: dict[Any, Any] = {control_key: last_control, self.wake_key: last_wake}
+                for each in store.streams():
+                    if isinstance(each, FollowedStream):
+                        keys[store.key("log", each.uid)] = f"0-{len(each.frames)}"
+                reply = await self.redis.xread(keys, block=READ_BLOCK_MS)
+                wait = 0.1
+            except (RedisError, OSError) as error:
+                log.warning("shared store %s: %s", public_url(store.url), error)
+                for each in store.streams():
+                    if isinstance(each, FollowedStream):
+                        each.lost(STOPPED_BY_SERVER[STORE_LOST_REASON])
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 5.0)
+                continue
+            for key, entries in reply or []:
+                key = key.decode()
+                if key == control_key:
+                    for entry_id, fields in entries:
+                        last_control = entry_id
+                        store.on_control(
+                            fields[b"op"].decode(),
+                            fields[b"uid"].decode(),
+                            fields[b"reason"].decode(),
+                        )
+                elif key == self.wake_key:
+                    last_wake = entries[-1][0]
+                else:
+                    followed = store.stream(key.rsplit(":", 1)[1])
+                    if isinstance(followed, FollowedStream):
+                        for entry_id, fields in entries:
+                            followed.receive(
+                                _event_id(entry_id), fields[b"e"].decode(), fields[b"f"]
+                            )
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def connect(url: str, socket_timeout: float = 5.0, retries: int = 1) -> Any:
+    """A client for ``url`` (typed Any: redis-py's replies are not typed by command).
+    Few, quick retries: with Redis gone, a person gets a
+    readable 503 within a second or two, not after redis-py's default of ten tries."""
+    return redis.Redis.from_url(
+        url,
+        protocol=2,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02) if retries else NoBackoff(), retries),
+    )
+
+
+def _event_id(entry_id: bytes) -> int:
+    """The SSE id of a log entry: entry 0-N is event N."""
+    return int(entry_id.split(b"-")[1])
+
+
+async def check_reachable(url: str) -> str | None:
+    """At start: None if Redis answers, else why not, in one line."""
+    client = connect(url, retries=0)
+    try:
+        await client.ping()
+        return None
+    except (RedisError, OSError) as error:
+        return f"Cannot reach Redis at {public_url(url)}: {error}"
+    finally:
+        await client.aclose()
