@@ -93,6 +93,8 @@ HEARTBEAT_TTL_S = 3.0  # a worker silent this long is gone: its answers are ende
 READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long at most, then asks again
 CONTROL_KEPT = 10_000  # control messages kept (about): older ones are trimmed
 SETTLE_S = 1.0  # a finished log outlives the grace period by this much
+POOL_SIZE = 32  # connections to Redis per worker (its reader has one more of its own)
+CLOSE_S = 2.0  # at shutdown, how long the background loops may take to end
 DRAIN_S = 5.0  # at shutdown, how long the last frames may take to be written
 RETRIES = 10  # a transaction retried this often when another worker changed its key
 
@@ -268,6 +270,7 @@ class RedisStore(Store):
         self.redis = connect(self.url)
         self.writer = LogWriter(self)
         self.reader = LogReader(self)
+        self.closing = False  # the app is stopping: the background loops end
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -283,10 +286,15 @@ class RedisStore(Store):
         ]
         yield
         await self.writer.drain()
+        # Stop the loops. A blocked XREAD may not notice a cancellation (redis-py can
+        # take it for a failed read), so each loop also checks `closing`, and the
+        # reader is woken by its wake stream.
+        self.closing = True
+        with suppress(RedisError, OSError):
+            await self.reader.wake("closing")
         for task in tasks:
             task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait(tasks, timeout=CLOSE_S)
         with suppress(RedisError, OSError):
             await self.redis.delete(self.key("worker", self.worker), self.key("wake", self.worker))
         await self.reader.close()
@@ -303,9 +311,18 @@ class RedisStore(Store):
             log.warning("shared store %s: %s", public_url(self.url), error)
             raise Refusal(503, STORE_UNREACHABLE, {"Retry-After": "5"}) from None
 
-    def counts(self) -> dict[str, int]:
-        counts = super().counts()
-        del counts["conversations"]  # kept in Redis, not counted here
+    async def counts(self) -> dict[str, int]:
+        """This worker's streams; every worker's prompts waiting to be opened, and
+        conversations kept."""
+        counts = await super().counts()
+        with suppress(RedisError, OSError):
+            since = time.time() - self.config.conversation_ttl
+            counts["conversations"] = await self.redis.zcount(self.key("convs"), since, "+inf")
+            now = time.monotonic()
+            counts["uids_pending"] = sum(
+                answer.producer is None and now - answer.created <= self.config.uid_ttl
+                for answer in await self.active_answers()
+            )
         return counts
 
     # --- conversations ---
@@ -314,13 +331,15 @@ class RedisStore(Store):
         if not is_id(cid):
             return None
         async with self.reachable():
-            raw = await self.redis.getex(
-                self.key("conv", cid), ex=int(self.config.conversation_ttl)
-            )
+            raw = await self.redis.getex(self.key("conv", cid), px=ms(self.config.conversation_ttl))
             if raw is None:
                 return None
             await self.redis.zadd(self.key("convs"), {cid: time.time()})
-        return conversation_from_json(raw)
+            conversation = conversation_from_json(raw)
+            for turn in conversation.turns:
+                if not turn.done and not await self._may_stream(turn.uid):
+                    turn.end("expired", None, UNOPENED)  # its prompt was never opened in time
+        return conversation
 
     async def recent(self, cids: list[str]) -> list[Conversation]:
         cids = [cid for cid in cids if is_id(cid)]
@@ -349,7 +368,7 @@ class RedisStore(Store):
             pipe.zadd(key, {secrets.token_hex(4): now})
             pipe.zrange(key, 0, 0, withscores=True)
             pipe.zcard(key)
-            pipe.expire(key, int(RATE_WINDOW_S) + 1)
+            pipe.pexpire(key, ms(RATE_WINDOW_S + 1))
             _, _, oldest, count, _ = await pipe.execute()
             if count > self.config.prompts_per_minute:
                 await self.redis.zremrangebyscore(key, now, now)  # this one did not count
@@ -383,7 +402,7 @@ class RedisStore(Store):
     ) -> tuple[Conversation, Turn, bool]:
         config = self.config
         async with self.redis.pipeline(transaction=True) as pipe:
-            conversation = None
+            conversation, given_way = None, []
             if form.conversation:
                 key = self.key("conv", form.conversation)
                 await pipe.watch(key)
@@ -391,7 +410,7 @@ class RedisStore(Store):
                 if raw is None:
                     raise Refusal(404, CONVERSATION_GONE)
                 conversation = conversation_from_json(raw)
-                await self._let_go_of_unopened_turns(pipe, conversation)
+                given_way = await self._let_go_of_unopened_turns(pipe, conversation)
                 if conversation.streaming:
                     raise Refusal(409, STILL_STREAMING)
             earlier = self.earlier_turns(conversation, form)
@@ -407,9 +426,9 @@ class RedisStore(Store):
             conversation.settings = settings
             posted = time.time()
             pipe.multi()
-            for unopened in making_room:
-                pipe.hdel(self.key("active"), unopened.uid)
-                pipe.delete(self.key("stream", unopened.uid))
+            for uid in [*given_way, *(unopened.uid for unopened in making_room)]:
+                pipe.hdel(self.key("active"), uid)
+                pipe.delete(self.key("stream", uid))
             self._save(pipe, conversation)
             pipe.hset(
                 self.key("stream", turn.uid),
@@ -423,52 +442,80 @@ class RedisStore(Store):
                     "request": request_to_json(request),
                 },
             )
-            pipe.expire(self.key("stream", turn.uid), math.ceil(config.uid_ttl))
+            pipe.pexpire(self.key("stream", turn.uid), ms(config.uid_ttl))
             pipe.hset(self.key("active"), turn.uid, active_entry(client, posted))
-            pipe.expire(self.key("active"), self.live_ttl())
+            pipe.pexpire(self.key("active"), ms(self.live_ttl()))
             await pipe.execute()
-        if new:
-            await self._bound_conversations()
+        await self._bound_conversations()
         return conversation, turn, new
 
     def _save(self, pipe: Any, conversation: Conversation) -> None:
         pipe.set(
             self.key("conv", conversation.cid),
             conversation_to_json(conversation),
-            ex=int(self.config.conversation_ttl),
+            px=ms(self.config.conversation_ttl),
         )
         pipe.zadd(self.key("convs"), {conversation.cid: time.time()})
-        pipe.expire(self.key("convs"), int(self.config.conversation_ttl))
+        pipe.hset(self.key("chars"), conversation.cid, conversation.chars())
+        for key in ("convs", "chars"):
+            pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
 
-    async def _let_go_of_unopened_turns(self, pipe: Any, conversation: Conversation) -> None:
-        # A turn whose stream is gone (expired unopened, or made room) is over; one
-        # never opened for GIVE_WAY_S gives way to the new prompt, as in server.Store.
+    async def _let_go_of_unopened_turns(self, pipe: Any, conversation: Conversation) -> list[str]:
+        """A turn whose stream is gone (expired unopened, or made room) is over; one
+        never opened for GIVE_WAY_S gives way to the new prompt, as in server.Store.
+        The uids whose streams must go."""
+        given_way = []
         for turn in conversation.turns:
             if turn.done:
                 continue
             state, posted = await pipe.hmget(self.key("stream", turn.uid), ["state", "posted"])
-            if state is None or (state == b"pending" and time.time() - float(posted) >= GIVE_WAY_S):
+            if state is None:
                 turn.end("expired", None, UNOPENED)
+            elif state == b"pending" and time.time() - float(posted) >= GIVE_WAY_S:
+                turn.end("expired", None, UNOPENED)
+                given_way.append(turn.uid)
+        return given_way
 
     async def _bound_conversations(self) -> None:
-        """Past --max-conversations, forget the least recently used."""
-        key = self.key("convs")
-        await self.redis.zremrangebyscore(key, "-inf", time.time() - self.config.conversation_ttl)
-        over = await self.redis.zcard(key) - self.config.max_conversations
-        if over > 0:
-            for cid, _ in await self.redis.zpopmin(key, over):
-                await self.redis.delete(self.key("conv", cid.decode()))
+        """Past --max-conversations or --max-kept-chars, forget the least recently
+        used conversations (never one whose answer is streaming, nor the newest)."""
+        config, redis = self.config, self.redis
+        convs, chars = self.key("convs"), self.key("chars")
+        expired = await redis.zrangebyscore(convs, "-inf", time.time() - config.conversation_ttl)
+        if expired:  # gone by their own expiry: out of the index too
+            await redis.zrem(convs, *expired)
+            await redis.hdel(chars, *expired)
+        kept = {cid: int(count) for cid, count in (await redis.hgetall(chars)).items()}
+        total = sum(kept.values())
+        oldest_first = await redis.zrange(convs, 0, -2)  # all but the newest
+        for cid in oldest_first:
+            if len(kept) <= config.max_conversations and total <= config.max_kept_chars:
+                return
+            conversation = await self.conversation(cid.decode())
+            if conversation is not None and conversation.streaming:
+                continue
+            await redis.delete(self.key("conv", cid.decode()))
+            await redis.zrem(convs, cid)
+            await redis.hdel(chars, cid)
+            total -= kept.pop(cid, 0)
 
-    def live_ttl(self) -> int:
+    def live_ttl(self) -> float:
         """How long a stream's keys live while it may still be producing."""
         config = self.config
-        return math.ceil(config.uid_ttl + config.max_duration + config.grace_period + 60)
+        return config.uid_ttl + config.max_duration + config.grace_period + 60
 
     # --- streams ---
 
     async def streams_elsewhere(self, uid: str) -> bool:
         async with self.reachable():
-            return bool(await self.redis.exists(self.key("stream", uid)))
+            return await self._may_stream(uid)
+
+    async def _may_stream(self, uid: str) -> bool:
+        """Whether the stream is kept: producing, over but resumable, or pending in time."""
+        state, posted = await self.redis.hmget(self.key("stream", uid), ["state", "posted"])
+        if state == b"pending":
+            return time.time() - float(posted) <= self.config.uid_ttl
+        return state is not None
 
     async def claim(
         self,
@@ -516,7 +563,7 @@ class RedisStore(Store):
                 pipe.multi()
                 pipe.hset(key, mapping={"state": "producing", "producer": self.worker})
                 pipe.hincrby(key, "listeners", 1)
-                pipe.expire(key, self.live_ttl())
+                pipe.pexpire(key, ms(self.live_ttl()))
                 pipe.hset(self.key("active"), uid, active_entry(client, posted, self.worker))
                 await pipe.execute()
                 turn = turn_from_json(json.loads(fields[b"turn"]))
@@ -554,7 +601,7 @@ class RedisStore(Store):
             for entry_id, fields in await self.redis.xrange(self.key("log", uid)):
                 followed.receive(_event_id(entry_id), fields[b"e"].decode(), fields[b"f"])
             self._streams[uid] = followed
-            await self.reader.watch(uid)
+            await self.reader.wake(uid)
         followed.listeners += 1
         return followed
 
@@ -597,8 +644,7 @@ class RedisStore(Store):
         if listeners is None or int(listeners) <= 0:
             super()._give_up(stream)
 
-    async def finished(self, stream: Stream) -> None:
-        await super().finished(stream)
+    async def keep_answer(self, stream: Stream) -> None:
         try:
             for _ in range(RETRIES):
                 with suppress(WatchError):
@@ -622,6 +668,7 @@ class RedisStore(Store):
             pipe.multi()
             self._save(pipe, conversation)
             await pipe.execute()
+        await self._bound_conversations()
 
     async def stop(self, uid: str, reason: str) -> None:
         if isinstance(self._streams.get(uid), LoggedStream):
@@ -635,7 +682,7 @@ class RedisStore(Store):
         key = self.key("control")
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(key, {"op": op, "uid": uid, "reason": reason}, maxlen=CONTROL_KEPT)
-        pipe.expire(key, self.live_ttl())
+        pipe.pexpire(key, ms(self.live_ttl()))
         with suppress(RedisError, OSError):
             await pipe.execute()
 
@@ -652,11 +699,9 @@ class RedisStore(Store):
 
     async def heartbeat(self) -> None:
         """Say this worker is alive; end the answers of workers that are not."""
-        while True:
+        while not self.closing:
             try:
-                await self.redis.set(
-                    self.key("worker", self.worker), b"1", px=int(HEARTBEAT_TTL_S * 1000)
-                )
+                await self.redis.set(self.key("worker", self.worker), b"1", px=ms(HEARTBEAT_TTL_S))
                 await self.end_orphans()
             except (RedisError, OSError) as error:
                 log.debug("heartbeat: %s", error)
@@ -697,8 +742,8 @@ class RedisStore(Store):
                 pipe.xadd(log_key, {"e": event.name, "f": frame}, id=f"0-{event_id}")
             ended = self.ended_ttl()
             pipe.hset(key, mapping={"state": "closed", "ended": repr(time.time())})
-            pipe.expire(key, ended)
-            pipe.expire(log_key, ended)
+            pipe.pexpire(key, ms(ended))
+            pipe.pexpire(log_key, ms(ended))
             pipe.hdel(self.key("active"), uid)
             await pipe.execute()
         log.warning("stream %s: its worker stopped; ended it", uid[:9])
@@ -709,9 +754,9 @@ class RedisStore(Store):
                     turn.end("crashed", None, PRODUCER_GONE)
                     await self._keep_turn(conversation.cid, turn)
 
-    def ended_ttl(self) -> int:
+    def ended_ttl(self) -> float:
         """How long a finished answer's keys live: its resume window, and a little more."""
-        return math.ceil(self.config.grace_period + SETTLE_S)
+        return self.config.grace_period + SETTLE_S
 
 
 # --- writing and reading the logs ---------------------------------------------------------
@@ -744,7 +789,7 @@ class LogWriter:
 
     async def run(self) -> None:
         store = self.store
-        while True:
+        while not store.closing:
             await self.ready.wait()
             self.ready.clear()
             batch, self.queue = self.queue, []
@@ -766,22 +811,21 @@ class LogWriter:
                     pipe.hset(store.key("stream", uid), mapping=ended)
                     pipe.hdel(store.key("active"), uid)
                     whose += [stream, stream]
-                pipe.expire(store.key("log", uid), ttl)
-                pipe.expire(store.key("stream", uid), ttl)
+                pipe.pexpire(store.key("log", uid), ms(ttl))
+                pipe.pexpire(store.key("stream", uid), ms(ttl))
                 whose += [stream, stream]
             try:
                 results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError) as error:
                 results = [error] * len(whose)
-            failed = {
-                stream.uid: stream
-                for stream, result in zip(whose, results, strict=True)
-                if isinstance(result, Exception)
-            }
+            failed, reason = {}, {}
+            for stream, result in zip(whose, results, strict=True):
+                if isinstance(result, Exception):
+                    failed[stream.uid], reason[stream.uid] = stream, result
             for uid, stream in failed.items():
                 # Redis is gone, or another worker ended this answer (its producer
                 # was thought dead): the generation stops, and says why.
-                log.warning("stream %s: its log could not be written", uid[:9])
+                log.warning("stream %s: its log could not be written: %s", uid[:9], reason[uid])
                 stream.stop(STORE_LOST_REASON)
             if not self.queue:
                 self.idle.set()
@@ -798,11 +842,12 @@ class LogReader:
         self.redis = connect(store.url, socket_timeout=READ_BLOCK_MS / 1000 + 5, retries=0)
         self.wake_key = store.key("wake", store.worker)
 
-    async def watch(self, uid: str) -> None:
-        """Wake the blocked read, so that its next one includes this log."""
+    async def wake(self, uid: str) -> None:
+        """Wake the blocked read, so that its next one includes this log (or sees
+        that the app is closing)."""
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.xadd(self.wake_key, {"uid": uid}, maxlen=100)
-        pipe.expire(self.wake_key, 60)
+        pipe.pexpire(self.wake_key, ms(60))
         await pipe.execute()
 
     async def close(self) -> None:
@@ -813,7 +858,7 @@ class LogReader:
         control_key = store.key("control")
         wait = 0.1
         last_control = last_wake = b""
-        while True:
+        while not store.closing:
             try:
                 if not last_control:  # only what is sent from now on
                     newest = await self.redis.xrevrange(control_key, count=1)
@@ -860,15 +905,27 @@ class LogReader:
 
 def connect(url: str, socket_timeout: float = 5.0, retries: int = 1) -> Any:
     """A client for ``url`` (typed Any: redis-py's replies are not typed by command).
-    Few, quick retries: with Redis gone, a person gets a
-    readable 503 within a second or two, not after redis-py's default of ten tries."""
-    return redis.Redis.from_url(
+
+    Its connections come from a pool of at most POOL_SIZE: a request that finds
+    them all busy waits for one (up to socket_timeout), where redis-py's default
+    pool would fail at once. Few, quick retries: with Redis gone, a person gets a
+    readable 503 within a second or two, not after redis-py's default of ten tries.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=socket_timeout,
         protocol=2,
         socket_timeout=socket_timeout,
         socket_connect_timeout=2.0,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02) if retries else NoBackoff(), retries),
     )
+    return redis.Redis.from_pool(pool)
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the milliseconds of PEXPIRE and PX (at least 1)."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 def _event_id(entry_id: bytes) -> int:

@@ -391,7 +391,7 @@ class Store:
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
 
-    def counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, int]:
         streams = self._streams.values()
         return {
             "streams_in_flight": sum(stream.generating for stream in streams),
@@ -546,6 +546,10 @@ class Store:
                 # Even after `close` was written, the connection may have dropped
                 # before the browser read it: keep the log for a reconnect.
                 self._wait_for_return(stream)
+
+    async def keep_answer(self, stream: Stream) -> None:
+        """The turn holds its answer now: kept where the conversation is. (Here it is
+        the conversation's own Turn object; redis_store.py writes it to Redis.)"""
 
     async def finished(self, stream: Stream) -> None:
         """The producer is done; with nobody listening, keep the log a while for a resume.
@@ -1111,6 +1115,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         error = relay.error or (None if ended_well else LEFT_UNFINISHED)
         transcript.compact()
         stream.turn.end(outcome, transcript, error, view or answer_view(app, stream, transcript))
+        await app[STORE].keep_answer(stream)  # before `close`: the next prompt builds on it
         stream.end()  # `close`, always last
         stream.shown_answer = None  # a page now shows the final answer
         log_stream(app, stream, outcome, transcript, _joined(relay.error, relay.hint))
@@ -2202,7 +2207,11 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
-        {"status": "ok", "provider": request.app[PROVIDER].name, **request.app[STORE].counts()}
+        {
+            "status": "ok",
+            "provider": request.app[PROVIDER].name,
+            **await request.app[STORE].counts(),
+        }
     )
 
 

@@ -16,7 +16,7 @@ from tests.snippet import uid_from_snippet
 from tests.sse_client import SSEEvent, parse_stream
 
 # The scriptable fake OpenAI-compatible server: the `fake_upstream` fixture.
-pytest_plugins = ["tests.fake_upstream"]
+pytest_plugins = ["tests.fake_upstream", "tests.redis_server"]
 
 
 @dataclass(frozen=True)

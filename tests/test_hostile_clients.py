@@ -19,6 +19,7 @@ import server
 from providers.events import Answer
 from providers.openai import OpenAISettings
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
+from tests.each_store import start_app_on_each_store  # noqa: F401  (both stores)
 from tests.fake_upstream import DONE, chunk
 from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream

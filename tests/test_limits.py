@@ -2,12 +2,15 @@
 
 import asyncio
 import socket
+import uuid
 
 import pytest
 
 from providers.events import Answer
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
+from tests.each_store import start_app_on_each_store  # noqa: F401  (both stores)
 from tests.sse_client import parse_stream
+from tests.waiting import eventually, healthz
 
 
 async def refused(client, prompt="hi", headers=None):
@@ -58,7 +61,8 @@ async def test_clients_are_told_apart_by_x_forwarded_for_only_with_trust_proxy(s
     assert (await refused(trusting, headers=one))[0] == 200  # a different client
     assert (await refused(trusting, headers=one))[0] == 429  # the same one again
 
-    naive = await start_app(max_streams_per_client=1)
+    # Another app, with a store of its own (with Redis: its own key prefix).
+    naive = await start_app(max_streams_per_client=1, redis_prefix=f"naive-{uuid.uuid4().hex}")
     await post_prompt(naive)
     assert (await refused(naive, headers=one))[0] == 429  # the header is not believed
 
@@ -83,7 +87,12 @@ async def open_stream_and_read_nothing(client, uid, receive_buffer):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     writer.write(f"GET /response-stream?uid={uid} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
+    await eventually(lambda: listeners(client, 1))  # the server has taken it on
     return reader, writer
+
+
+async def listeners(client, count) -> bool:
+    return (await healthz(client))["listeners"] == count
 
 
 async def no_listeners_left(client, within=10.0):

@@ -4,6 +4,7 @@ import pytest
 from aiohttp import FormData
 
 from tests.conftest import post_prompt, read_stream
+from tests.each_store import start_app_on_each_store  # noqa: F401  (both stores)
 
 REFUSALS = [
     ("missing-prompt", {"data": {"other": "x"}}, 422, "Please type a prompt first."),

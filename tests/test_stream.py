@@ -372,7 +372,7 @@ async def test_failed_ping_to_a_departed_client_ends_the_stream():
             await stream.content.readuntil(b"\n\n")
             stream.close()
             await asyncio.wait_for(provider.closed.wait(), timeout=2.0)
-            assert app[STORE].counts()["streams_in_flight"] == 0
+            assert (await app[STORE].counts())["streams_in_flight"] == 0
     finally:
         await runner.cleanup()
 

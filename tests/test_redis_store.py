@@ -1,0 +1,240 @@
+"""The shared store: two workers (two apps, each with its own RedisStore) on one real
+redis-server. Any worker serves any request; Stop, the grace period and the
+limits count across workers; every key expires; the password stays secret.
+
+Real worker processes (gunicorn, SIGKILL, SIGTERM) are in test_workers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from providers.events import Answer, Reasoning
+from redis_store import STORE_UNREACHABLE
+from server import MINE_STREAMING, RETRY_FIELD, STOPPED_BY_SERVER, STORE_LOST_REASON
+from tests.conftest import Hang, Pause, ScriptedProvider, post_prompt
+from tests.redis_server import PASSWORD
+from tests.snippet import uid_from_snippet
+from tests.sse_client import answer_of, parse_stream
+from tests.test_resume import PIECES, read_events, slow_answer
+from tests.waiting import eventually
+
+
+@pytest.fixture
+def start_workers(start_app, redis_config):
+    """``start_workers(n, provider=…, **config)``: n apps sharing one Redis store."""
+
+    async def start(count=2, provider=None, **overrides):
+        return [
+            await start_app(provider=provider, **{**redis_config, **overrides})
+            for _ in range(count)
+        ]
+
+    return start
+
+
+async def test_a_prompt_posted_to_one_worker_streams_from_another(start_workers):
+    a, b = await start_workers(provider=slow_answer())
+    uid = await post_prompt(a, "Tell me a story")
+
+    events, _ = parse_stream(await (await b.get("/response-stream", params={"uid": uid})).text())
+
+    assert answer_of(events) == "".join(PIECES)
+    assert [e.event for e in events[-2:]] == ["final_answer", "close"]
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.parametrize("cut_after", [1, 2, 4, 6])
+@pytest.mark.parametrize("producer", ["first", "second"])
+async def test_a_reconnect_to_another_worker_resumes_without_loss_or_repeat(
+    start_workers, cut_after, producer
+):
+    provider = slow_answer()
+    a, b = await start_workers(provider=provider, grace_period=5)
+    uid = await post_prompt(a)
+    first, then = (a, b) if producer == "first" else (b, a)
+
+    cut = await first.get("/response-stream", params={"uid": uid})
+    before = await read_events(cut, cut_after)
+    cut.close()  # the connection drops; the browser comes back through the other worker
+    resumed = await then.get(
+        "/response-stream", params={"uid": uid}, headers={"Last-Event-ID": before[-1].id}
+    )
+    after, _ = parse_stream(await resumed.text())
+
+    ids = [int(e.id) for e in before + after]
+    assert ids == list(range(1, len(ids) + 1))  # nothing lost, nothing repeated
+    assert answer_of(before + after) == "".join(PIECES)
+    assert [e.event for e in after[-2:]] == ["final_answer", "close"]
+    assert provider.started == 1  # the same generation went on
+
+
+async def test_a_page_reloaded_on_another_worker_mid_stream_shows_the_whole_answer(start_workers):
+    provider = ScriptedProvider([Answer("Early words. "), Pause(0.3), Answer("Late words.")])
+    a, b = await start_workers(provider=provider, grace_period=5)
+    posted = await a.post("/process_prompt", data={"prompt": "hi"})
+    cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    uid = uid_from_snippet(await posted.text())
+    listening = await a.get("/response-stream", params={"uid": uid})
+    await read_events(listening, 2)
+
+    page = await (await b.get(f"/c/{cid}")).text()
+    assert f"uid={uid}&amp;after=0" in page  # B shows the stream from its first event
+    replay = await b.get("/response-stream", params={"uid": uid, "after": "0"})
+    events, _ = parse_stream(await replay.text())
+
+    assert answer_of(events) == "Early words. Late words."
+    listening.close()
+
+
+async def test_stop_on_one_worker_ends_the_generation_on_another_within_200_ms(start_workers):
+    provider = ScriptedProvider([Answer("Half an "), Answer("answer"), Hang()])
+    a, b = await start_workers(provider=provider)
+    uid = await post_prompt(a)
+    stream = await a.get("/response-stream", params={"uid": uid})
+    await stream.content.readuntil(b"data: answer\n\n")
+
+    asked = time.monotonic()
+    assert (await b.post("/stop", params={"uid": uid})).status == 204
+    await asyncio.wait_for(provider.closed.wait(), timeout=2)
+    released = time.monotonic() - asked
+    events, _ = parse_stream(await asyncio.wait_for(stream.text(), timeout=2))
+
+    assert released < 0.2, f"the upstream was released {released * 1000:.0f} ms after Stop"
+    assert "You stopped the answer here." in events[-2].data
+
+
+async def test_the_grace_period_counts_listeners_on_every_worker(start_workers):
+    provider = ScriptedProvider([Answer("a"), Hang()])
+    a, b = await start_workers(provider=provider, grace_period=0.3)
+    uid = await post_prompt(a)
+    first = await a.get("/response-stream", params={"uid": uid})
+    before = await read_events(first, 2)  # thought, answer_chunk: A produces it
+    second = await b.get(
+        "/response-stream", params={"uid": uid}, headers={"Last-Event-ID": before[-1].id}
+    )
+    await asyncio.sleep(0.1)
+    first.close()  # A's listener leaves; B's stays
+
+    await asyncio.sleep(0.8)  # well past the grace period
+    assert not provider.closed.is_set(), "the generation stopped while B was listening"
+
+    second.close()  # now nobody listens anywhere
+    await asyncio.wait_for(provider.closed.wait(), timeout=3)
+
+
+async def test_the_rate_limit_counts_prompts_on_every_worker(start_workers):
+    a, b = await start_workers(prompts_per_minute=3)
+    for client in (a, b, a):
+        assert (await client.post("/process_prompt", data={"prompt": "hi"})).status == 200
+
+    refused = await b.post("/process_prompt", data={"prompt": "hi"})
+
+    assert refused.status == 429
+    assert "That is 3 prompts in a minute, the most allowed." in await refused.text()
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+
+
+async def test_the_per_client_stream_limit_counts_streams_on_every_worker(start_workers):
+    provider = ScriptedProvider([Answer("a"), Hang()])
+    a, b = await start_workers(provider=provider, max_streams_per_client=1)
+    uid = await post_prompt(a)
+    stream = await a.get("/response-stream", params={"uid": uid})
+    await read_events(stream, 2)
+
+    refused = await b.post("/process_prompt", data={"prompt": "again"})
+
+    assert refused.status == 429
+    assert MINE_STREAMING.format(count=1) in await refused.text()
+    stream.close()
+
+
+async def test_a_conversation_outlives_every_worker(start_app, redis_config):
+    first = await start_app(**redis_config)
+    posted = await first.post("/process_prompt", data={"prompt": "Remember me"})
+    cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    await (
+        await first.get("/response-stream", params={"uid": uid_from_snippet(await posted.text())})
+    ).text()
+    await first.close()  # every worker stops
+
+    later = await start_app(**redis_config)
+    page = await later.get(f"/c/{cid}")
+
+    assert page.status == 200
+    text = await page.text()
+    assert "Remember me" in text
+    assert "final-container done" in text  # the finished answer, not a stream
+
+
+async def test_every_key_expires_and_a_finished_log_is_gone_after_its_resume_window(
+    start_workers, redis_server, redis_config
+):
+    a, b = await start_workers(grace_period=0.5, provider=slow_answer())
+    uid = await post_prompt(a)
+    await (await b.get("/response-stream", params={"uid": uid})).text()
+
+    keys = redis_server.keys(redis_config["redis_prefix"])
+    assert keys and all(ttl > 0 for ttl in keys.values()), keys
+
+    def log_gone() -> bool:
+        keys = redis_server.keys(redis_config["redis_prefix"])
+        return not any(uid in name for name in keys)
+
+    await eventually(log_gone, within=5)
+
+
+async def test_the_redis_password_never_reaches_a_page_an_event_or_a_log_line(
+    start_workers, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    a, b = await start_workers(provider=ScriptedProvider([Reasoning("x"), Answer("y")]))
+    uid = await post_prompt(a)
+    shown = [
+        await (await b.get("/response-stream", params={"uid": uid})).text(),
+        await (await a.get("/")).text(),
+        await (await a.get("/healthz")).text(),
+    ]
+    assert all(PASSWORD not in text for text in shown)
+    assert PASSWORD not in caplog.text
+
+
+async def test_redis_lost_gives_readable_refusals_and_the_app_recovers_by_itself(
+    start_app, own_redis_server
+):
+    provider = ScriptedProvider([Answer("a"), Hang()])
+    a = await start_app(provider=provider, redis_url=own_redis_server.url, grace_period=5)
+    b = await start_app(provider=provider, redis_url=own_redis_server.url, grace_period=5)
+    uid = await post_prompt(a)
+    produced = await a.get("/response-stream", params={"uid": uid})
+    before = await read_events(produced, 2)
+    followed = await b.get(
+        "/response-stream", params={"uid": uid}, headers={"Last-Event-ID": before[-1].id}
+    )
+    assert await followed.content.readuntil(b"\n\n") == RETRY_FIELD  # B follows it now
+
+    own_redis_server.stop()
+    ended, _ = parse_stream(await asyncio.wait_for(followed.text(), timeout=10))
+    refused = await a.post("/process_prompt", data={"prompt": "hi"})
+
+    assert [e.event for e in ended[-2:]] == ["error", "close"]
+    assert STOPPED_BY_SERVER[STORE_LOST_REASON] in ended[-2].data
+    assert refused.status == 503
+    assert STORE_UNREACHABLE in await refused.text()
+    produced.close()
+
+    own_redis_server.start()
+
+    async def answers_again() -> bool:
+        response = await a.post("/process_prompt", data={"prompt": "back"})
+        return response.status == 200
+
+    await eventually(answers_again, within=10)
+    provider.script = [Answer("fine")]
+    uid = await post_prompt(b)
+    events, _ = parse_stream(await (await a.get("/response-stream", params={"uid": uid})).text())
+    assert answer_of(events) == "fine"
