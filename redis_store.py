@@ -271,6 +271,7 @@ class RedisStore(Store):
         self.writer = LogWriter(self)
         self.reader = LogReader(self)
         self.closing = False  # the app is stopping: the background loops end
+        self.lost_at: float | None = None  # when Redis started failing, while it does
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -308,7 +309,7 @@ class RedisStore(Store):
         except (RedisError, OSError) as error:
             if isinstance(error, WatchError):
                 raise
-            log.warning("shared store %s: %s", public_url(self.url), error)
+            self.unreachable(error)
             raise Refusal(503, STORE_UNREACHABLE, {"Retry-After": "5"}) from None
 
     async def counts(self) -> dict[str, int]:
@@ -331,14 +332,18 @@ class RedisStore(Store):
         if not is_id(cid):
             return None
         async with self.reachable():
-            raw = await self.redis.getex(self.key("conv", cid), px=ms(self.config.conversation_ttl))
-            if raw is None:
-                return None
-            await self.redis.zadd(self.key("convs"), {cid: time.time()})
-            conversation = conversation_from_json(raw)
-            for turn in conversation.turns:
-                if not turn.done and not await self._may_stream(turn.uid):
-                    turn.end("expired", None, UNOPENED)  # its prompt was never opened in time
+            return await self._conversation(cid)
+
+    async def _conversation(self, cid: str) -> Conversation | None:
+        """The conversation, now the most recently used (a RedisError if Redis fails)."""
+        raw = await self.redis.getex(self.key("conv", cid), px=ms(self.config.conversation_ttl))
+        if raw is None:
+            return None
+        await self.redis.zadd(self.key("convs"), {cid: time.time()})
+        conversation = conversation_from_json(raw)
+        for turn in conversation.turns:
+            if not turn.done and not await self._may_stream(turn.uid):
+                turn.end("expired", None, UNOPENED)  # its prompt was never opened in time
         return conversation
 
     async def recent(self, cids: list[str]) -> list[Conversation]:
@@ -469,7 +474,7 @@ class RedisStore(Store):
             if turn.done:
                 continue
             state, posted = await pipe.hmget(self.key("stream", turn.uid), ["state", "posted"])
-            if state is None:
+            if posted is None:
                 turn.end("expired", None, UNOPENED)
             elif state == b"pending" and time.time() - float(posted) >= GIVE_WAY_S:
                 turn.end("expired", None, UNOPENED)
@@ -491,7 +496,7 @@ class RedisStore(Store):
         for cid in oldest_first:
             if len(kept) <= config.max_conversations and total <= config.max_kept_chars:
                 return
-            conversation = await self.conversation(cid.decode())
+            conversation = await self._conversation(cid.decode())
             if conversation is not None and conversation.streaming:
                 continue
             await redis.delete(self.key("conv", cid.decode()))
@@ -513,6 +518,8 @@ class RedisStore(Store):
     async def _may_stream(self, uid: str) -> bool:
         """Whether the stream is kept: producing, over but resumable, or pending in time."""
         state, posted = await self.redis.hmget(self.key("stream", uid), ["state", "posted"])
+        if posted is None:  # gone, or only a trace is left
+            return False
         if state == b"pending":
             return time.time() - float(posted) <= self.config.uid_ttl
         return state is not None
@@ -533,7 +540,7 @@ class RedisStore(Store):
                 with suppress(WatchError):
                     return await self._claim_shared(uid, last_event_id, start)
         except (RedisError, OSError) as error:
-            log.warning("shared store %s: %s", public_url(self.url), error)
+            self.unreachable(error)
             raise NotClaimable(STORE_UNREACHABLE) from None
         raise NotClaimable(ALREADY_STREAMING)
 
@@ -548,7 +555,7 @@ class RedisStore(Store):
             await pipe.watch(key)
             fields = await pipe.hgetall(key) if uid else {}
             state = fields.get(b"state")
-            if state is None:
+            if state is None or b"posted" not in fields:  # gone, or only a trace is left
                 raise NotClaimable(UNKNOWN_UID)
             posted = float(fields[b"posted"])
             if state == b"pending":
@@ -565,6 +572,9 @@ class RedisStore(Store):
                 pipe.hincrby(key, "listeners", 1)
                 pipe.pexpire(key, ms(self.live_ttl()))
                 pipe.hset(self.key("active"), uid, active_entry(client, posted, self.worker))
+                # Its producer's heartbeat, fresh: even just after Redis came back empty,
+                # no worker may take this answer for one whose worker died.
+                pipe.set(self.key("worker", self.worker), b"1", px=ms(HEARTBEAT_TTL_S))
                 await pipe.execute()
                 turn = turn_from_json(json.loads(fields[b"turn"]))
                 request = request_from_json(fields[b"request"])
@@ -607,8 +617,13 @@ class RedisStore(Store):
 
     async def _listened(self, uid: str, change: int) -> int:
         """Count a listener in or out on every worker's count; how many are left."""
+        key = self.key("stream", uid)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, "listeners", change)
+        pipe.pexpire(key, ms(self.live_ttl()), nx=True)  # if it was gone, it is new: it expires
         try:
-            return int(await self.redis.hincrby(self.key("stream", uid), "listeners", change))
+            left, _ = await pipe.execute()
+            return int(left)
         except (RedisError, OSError):
             return 0
 
@@ -651,7 +666,7 @@ class RedisStore(Store):
                     await self._keep_turn(stream.cid, stream.turn)
                     return
         except (RedisError, OSError) as error:
-            log.warning("stream %s: its answer could not be kept: %s", stream.uid[:9], error)
+            self.unreachable(error)
 
     async def _keep_turn(self, cid: str, turn: Turn) -> None:
         """Put the ended turn into its conversation (if the conversation is still kept)."""
@@ -702,10 +717,27 @@ class RedisStore(Store):
         while not self.closing:
             try:
                 await self.redis.set(self.key("worker", self.worker), b"1", px=ms(HEARTBEAT_TTL_S))
+                self.reachable_again()
                 await self.end_orphans()
             except (RedisError, OSError) as error:
-                log.debug("heartbeat: %s", error)
+                self.unreachable(error)
             await asyncio.sleep(HEARTBEAT_S)
+
+    def unreachable(self, error: Exception) -> None:
+        """Log that Redis failed: once when it starts failing, not for every request."""
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+            log.warning("shared store %s unreachable: %s", public_url(self.url), error)
+        else:
+            log.debug("shared store %s: %s", public_url(self.url), error)
+
+    def reachable_again(self) -> None:
+        if self.lost_at is not None:
+            lost_for = time.monotonic() - self.lost_at
+            self.lost_at = None
+            log.warning(
+                "shared store %s reachable again after %.1f s", public_url(self.url), lost_for
+            )
 
     async def end_orphans(self) -> None:
         answers = await self.active_answers()
@@ -747,7 +779,7 @@ class RedisStore(Store):
             pipe.hdel(self.key("active"), uid)
             await pipe.execute()
         log.warning("stream %s: its worker stopped; ended it", uid[:9])
-        conversation = await self.conversation(cid.decode()) if cid else None
+        conversation = await self._conversation(cid.decode()) if cid else None
         if conversation is not None:
             for turn in conversation.turns:
                 if turn.uid == uid and not turn.done:
@@ -825,7 +857,7 @@ class LogWriter:
             for uid, stream in failed.items():
                 # Redis is gone, or another worker ended this answer (its producer
                 # was thought dead): the generation stops, and says why.
-                log.warning("stream %s: its log could not be written: %s", uid[:9], reason[uid])
+                log.debug("stream %s: its log could not be written: %s", uid[:9], reason[uid])
                 stream.stop(STORE_LOST_REASON)
             if not self.queue:
                 self.idle.set()
@@ -872,7 +904,7 @@ class LogReader:
                 reply = await self.redis.xread(keys, block=READ_BLOCK_MS)
                 wait = 0.1
             except (RedisError, OSError) as error:
-                log.warning("shared store %s: %s", public_url(store.url), error)
+                store.unreachable(error)
                 for each in store.streams():
                     if isinstance(each, FollowedStream):
                         each.lost(STOPPED_BY_SERVER[STORE_LOST_REASON])

@@ -1115,8 +1115,10 @@ async def produce(app: web.Application, stream: Stream) -> None:
         error = relay.error or (None if ended_well else LEFT_UNFINISHED)
         transcript.compact()
         stream.turn.end(outcome, transcript, error, view or answer_view(app, stream, transcript))
-        await app[STORE].keep_answer(stream)  # before `close`: the next prompt builds on it
-        stream.end()  # `close`, always last
+        try:
+            await app[STORE].keep_answer(stream)  # before `close`: the next prompt builds on it
+        finally:
+            stream.end()  # `close`, always last
         stream.shown_answer = None  # a page now shows the final answer
         log_stream(app, stream, outcome, transcript, _joined(relay.error, relay.hint))
         await app[STORE].finished(stream)

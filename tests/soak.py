@@ -19,6 +19,13 @@ seed:
 At the end /healthz must show zero streams, listeners and pending uids. Given
 the server's pid, the report also has its resident memory after the warm-up,
 halfway, at the end and once settled.
+
+Given several ``bases`` (workers sharing one Redis store), each request goes to
+one of them at random: the POST, the GET and the resume may each reach another.
+With ``outage`` (Redis stopped for a while during the soak), a prompt may also
+be refused with a readable message, or its stream end with a readable ``error``:
+those are counted, and only an answer that is neither exact nor a readable
+refusal or error is wrong.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ class Report:
     seconds: float = 0.0
     health: dict = field(default_factory=dict)
     memory_kb: list[tuple[str, int]] = field(default_factory=list)
+    refused: int = 0  # with ``outage``: POSTs refused with a readable message
+    ended_by_error: int = 0  # with ``outage``: streams ended by a readable `error`
 
     @property
     def clean(self) -> bool:
@@ -77,8 +86,30 @@ async def read_some(response: aiohttp.ClientResponse, count: int) -> list:
     return events
 
 
+def pick(bases: list[str], rng: random.Random) -> str:
+    """One of the workers, at random (no draw for one: the same seed, the same soak)."""
+    return bases[0] if len(bases) == 1 else rng.choice(bases)
+
+
+class Refused(Exception):
+    """The POST was refused, with a readable message (the HTML fragment)."""
+
+
+def ended_by_error(events: list) -> bool:
+    """Whether the stream ended with a readable `error`, then `close`."""
+    return [event.event for event in events[-2:]] == ["error", "close"] and len(
+        events[-2].data
+    ) > 20
+
+
 async def one_conversation(
-    session, base: str, n: int, last_fate: str, rng: random.Random, report: Report
+    session,
+    bases: list[str],
+    n: int,
+    last_fate: str,
+    rng: random.Random,
+    report: Report,
+    outage: bool = False,
 ) -> None:
     earlier: list[str] = []  # the prompts and answers so far, in turn
     conversation = ""
@@ -86,13 +117,22 @@ async def one_conversation(
         fate = last_fate if turn == TURNS - 1 else "read"
         report.fates[fate] += 1
         prompt = f"Soak prompt number {n}.{turn}: " + "word " * rng.randint(0, 30)
-        events = await one_prompt(session, base, conversation, prompt, fate, rng)
+        try:
+            events = await one_prompt(session, bases, conversation, prompt, fate, rng)
+        except Refused:
+            if not outage:
+                raise
+            report.refused += 1
+            return
         conversation = conversation or events.conversation
         if events.read is None:
             return  # left or never opened: the conversation ends here
         expected = await expected_answer(prompt, *earlier)
         if shows_answer(events.read, expected) and events.read[-1].event == "close":
             report.exact += 1
+        elif outage and ended_by_error(events.read):
+            report.ended_by_error += 1
+            return
         else:
             report.wrong.append(f"{fate} #{n}.{turn}: {[e.event for e in events.read][-3:]}")
             return
@@ -106,16 +146,18 @@ class Prompted:
 
 
 async def one_prompt(
-    session, base: str, conversation: str, prompt: str, fate: str, rng: random.Random
+    session, bases: list[str], conversation: str, prompt: str, fate: str, rng: random.Random
 ) -> Prompted:
     form = {"prompt": prompt, "conversation": conversation}
-    async with session.post(f"{base}/process_prompt", data=form) as response:
+    async with session.post(f"{pick(bases, rng)}/process_prompt", data=form) as response:
         snippet = await response.text()
+        if response.status != 200 and 'class="refusal"' in snippet:
+            raise Refused(snippet)
         conversation = response.headers.get("HX-Push-Url", conversation).removeprefix("/c/")
     uid = uid_from_snippet(snippet)
     if fate == "abandon":
         return Prompted(conversation, None)
-    url = f"{base}/response-stream"
+    url = f"{pick(bases, rng)}/response-stream"
     if fate == "read":
         async with session.get(url, params={"uid": uid}) as response:
             events, _ = parse_stream(await response.text())
@@ -126,18 +168,29 @@ async def one_prompt(
     if fate == "leave":
         return Prompted(conversation, None)
     await asyncio.sleep(rng.uniform(0, GRACE_S / 2))
+    url = f"{pick(bases, rng)}/response-stream"  # the browser may come back to another worker
     headers = {"Last-Event-ID": events[-1].id}
     async with session.get(url, params={"uid": uid}, headers=headers) as response:
         events += parse_stream(await response.text())[0]
     return Prompted(conversation, events)
 
 
-async def settle(session: aiohttp.ClientSession, base: str, report: Any, limit_s: float) -> None:
-    """Read /healthz into ``report.health`` until ``report.clean``, or ``limit_s`` is over."""
+async def settle(
+    session: aiohttp.ClientSession, base: str | list[str], report: Any, limit_s: float
+) -> None:
+    """Read /healthz into ``report.health`` until ``report.clean``, or ``limit_s`` is
+    over. With several workers, each one's counts are added up."""
     deadline = time.monotonic() + limit_s
+    bases = [base] if isinstance(base, str) else base
     while True:
-        async with session.get(f"{base}/healthz") as response:
-            report.health = await response.json()
+        report.health = {}
+        for each in bases:
+            async with session.get(f"{each}/healthz") as response:
+                for key, value in (await response.json()).items():
+                    if isinstance(value, int):
+                        report.health[key] = report.health.get(key, 0) + value
+                    else:
+                        report.health[key] = value
         if report.clean or time.monotonic() > deadline:
             return
         await asyncio.sleep(0.2)
@@ -151,9 +204,16 @@ def resident_kb(pid: int) -> int:
 
 
 async def soak(
-    base: str, prompts: int, concurrency: int, seed: int, pid: int | None = None
+    base: str | list[str],
+    prompts: int,
+    concurrency: int,
+    seed: int,
+    pid: int | None = None,
+    outage: bool = False,
 ) -> Report:
-    """Send the prompts through ``base``; what happened, and what the server kept."""
+    """Send the prompts through ``base`` (or several workers' bases); what happened,
+    and what the server kept."""
+    bases = [base] if isinstance(base, str) else base
     rng = random.Random(seed)
     report = Report()
     conversations = max(1, prompts // TURNS)
@@ -166,7 +226,7 @@ async def soak(
             try:
                 async with asyncio.timeout(PROMPT_LIMIT_S):
                     rng = random.Random(seed * 100_003 + n)
-                    await one_conversation(session, base, n, fates[n], rng, report)
+                    await one_conversation(session, bases, n, fates[n], rng, report, outage)
             except TimeoutError:
                 report.wrong.append(f"{fates[n]} #{n}: no end after {PROMPT_LIMIT_S:.0f} s")
         if pid and n in (conversations // 5, conversations // 2, conversations - 1):
@@ -176,7 +236,7 @@ async def soak(
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(run(session, n) for n in range(conversations)))
         report.seconds = time.monotonic() - started
-        await settle(session, base, report, SETTLE_LIMIT_S)
+        await settle(session, bases, report, SETTLE_LIMIT_S)
     if pid:
         report.memory_kb.append(("settled", resident_kb(pid)))
     return report

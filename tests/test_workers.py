@@ -22,6 +22,7 @@ from redis_store import PRODUCER_GONE
 from server import RESTARTING, RETRY_FIELD
 from tests.redis_server import PASSWORD, RedisServer, free_port
 from tests.snippet import uid_from_snippet
+from tests.soak import GRACE_S, UID_TTL_S, soak
 from tests.sse_client import SSEEvent, parse_stream, shows_answer
 from tests.test_shutdown import wait_until_serving
 
@@ -168,3 +169,85 @@ async def test_a_worker_gone_mid_stream_ends_its_answers_readably_through_the_ot
             await asyncio.sleep(0.2)
         page_turn = await session.get(f"{b}/healthz")
         assert page_turn.status == 200
+
+
+async def test_a_soak_across_workers_is_exact_and_survives_redis_restarting(
+    own_redis_server, redis_config
+):
+    """Conversations whose POST, GET and resume each reach either worker at random,
+    while Redis is stopped for a second and started again (empty: it keeps nothing
+    on disk). Every answer read to its end is exact, or ends with a readable error;
+    a prompt during the outage gets a readable refusal; the workers recover alone."""
+    prefix = redis_config["redis_prefix"]
+    soak_args = ("--demo-delay", "0.002", "--grace-period", str(GRACE_S))
+    soak_args += ("--uid-ttl", str(UID_TTL_S), "--max-streams-per-client", "100")
+    soak_args += ("--max-pending-per-client", "100", "--prompts-per-minute", "10000")
+    async with (
+        app_process(own_redis_server, prefix, *soak_args) as (a, _, _),
+        app_process(own_redis_server, prefix, *soak_args) as (b, _, _),
+    ):
+        before = await soak([a, b], prompts=150, concurrency=15, seed=3)
+        assert before.wrong == [] and before.clean, (before.wrong, before.health)
+        assert before.exact == before.fates["read"] + before.fates["resume"] > 0
+
+        during = asyncio.create_task(soak([a, b], prompts=600, concurrency=15, seed=4, outage=True))
+        await asyncio.sleep(1.0)
+        own_redis_server.stop()
+        await asyncio.sleep(1.0)
+        own_redis_server.start()
+        report = await during
+
+        assert report.wrong == [], report.wrong
+        assert report.exact > 0
+        assert report.refused + report.ended_by_error > 0  # the outage was felt
+        assert report.clean, report.health
+
+        after = await soak([a, b], prompts=150, concurrency=15, seed=5)
+        assert after.wrong == [] and after.clean, (after.wrong, after.health)
+        assert after.exact == after.fates["read"] + after.fates["resume"] > 0
+
+
+async def test_three_processes_post_on_one_stream_from_another_resume_on_a_third(
+    redis_server, redis_config
+):
+    """The prompt is posted to A, streamed from B, cut and resumed on C at several
+    points: the events joined are exactly those of one uninterrupted stream; then
+    Stop pressed on C ends a generation B runs, and the rate limit counts all three."""
+    prefix = redis_config["redis_prefix"]
+    args = ("--demo-delay", "0.01", "--grace-period", "5", "--prompts-per-minute", "12")
+    async with (
+        app_process(redis_server, prefix, *args) as (a, _, _),
+        app_process(redis_server, prefix, *args) as (b, _, _),
+        app_process(redis_server, prefix, *args) as (c, _, _),
+        aiohttp.ClientSession() as session,
+    ):
+        for cut_after in (1, 4, 9):
+            prompt = f"Cut after {cut_after} events"
+            uid = await post(session, a, prompt)
+            first = await session.get(f"{b}/response-stream", params={"uid": uid})
+            before = await read_events(first, cut_after)
+            first.close()
+            headers = {"Last-Event-ID": before[-1].id}
+            async with session.get(
+                f"{c}/response-stream", params={"uid": uid}, headers=headers
+            ) as resumed:
+                after, _ = parse_stream(await resumed.text())
+            events = before + after
+            assert [int(e.id) for e in events] == list(range(1, len(events) + 1)), cut_after
+            assert shows_answer(events, demo_answer(prompt)), cut_after
+            assert [e.event for e in events[-2:]] == ["final_answer", "close"]
+
+        uid = await post(session, a, "Stop me")
+        running = await session.get(f"{b}/response-stream", params={"uid": uid})
+        await read_events(running, 3)
+        async with session.post(f"{c}/stop", params={"uid": uid}) as stopped:
+            assert stopped.status == 204
+        rest, _ = parse_stream(await asyncio.wait_for(running.text(), timeout=5))
+        assert "You stopped the answer here." in rest[-2].data
+
+        # 4 prompts so far, 12 a minute allowed: 8 more, on any of the three.
+        for n in range(8):
+            await post(session, (a, b, c)[n % 3], f"Prompt {n}")
+        async with session.post(f"{b}/process_prompt", data={"prompt": "one more"}) as refused:
+            assert refused.status == 429
+            assert "That is 12 prompts in a minute, the most allowed." in await refused.text()
