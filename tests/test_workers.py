@@ -215,6 +215,7 @@ async def test_three_processes_post_on_one_stream_from_another_resume_on_a_third
     Stop pressed on C ends a generation B runs, and the rate limit counts all three."""
     prefix = redis_config["redis_prefix"]
     args = ("--demo-delay", "0.01", "--grace-period", "5", "--prompts-per-minute", "12")
+    args += ("--max-streams-per-client", "50", "--max-pending-per-client", "50")
     async with (
         app_process(redis_server, prefix, *args) as (a, _, _),
         app_process(redis_server, prefix, *args) as (b, _, _),
