@@ -2500,7 +2500,9 @@ GC_THRESHOLDS = (10_000, 10, 100)
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv if argv is not None else sys.argv[1:], os.environ)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # With several workers, each line says whose it is (the worker's process id).
+    worker = " [%(process)d]" if config.workers > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s{worker} %(message)s")
     log.info("answers come from %s", answers_from(config))
     before, after = raise_open_file_limit()
     if after != before:
