@@ -511,6 +511,17 @@ class RedisStore(Store):
 
     # --- streams ---
 
+    def stream(self, uid: str) -> Stream | None:
+        """The stream, if this worker produces it: only then does it know what the
+        events so far show, for a page rendered mid-stream."""
+        stream = self._streams.get(uid)
+        return stream if isinstance(stream, LoggedStream) else None
+
+    def followed(self, uid: str) -> FollowedStream | None:
+        """This worker's copy of another worker's stream, if it follows it."""
+        stream = self._streams.get(uid)
+        return stream if isinstance(stream, FollowedStream) else None
+
     async def streams_elsewhere(self, uid: str) -> bool:
         async with self.reachable():
             return await self._may_stream(uid)
@@ -924,8 +935,8 @@ class LogReader:
                 elif key == self.wake_key:
                     last_wake = entries[-1][0]
                 else:
-                    followed = store.stream(key.rsplit(":", 1)[1])
-                    if isinstance(followed, FollowedStream):
+                    followed = store.followed(key.rsplit(":", 1)[1])
+                    if followed is not None:
                         for entry_id, fields in entries:
                             followed.receive(
                                 _event_id(entry_id), fields[b"e"].decode(), fields[b"f"]

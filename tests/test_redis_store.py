@@ -238,3 +238,28 @@ async def test_redis_lost_gives_readable_refusals_and_the_app_recovers_by_itself
     uid = await post_prompt(b)
     events, _ = parse_stream(await (await a.get("/response-stream", params={"uid": uid})).text())
     assert answer_of(events) == "fine"
+
+
+async def test_a_page_from_a_worker_that_follows_the_stream_replays_it_whole(start_workers):
+    # B follows A's stream for another browser: it has the events, not what they
+    # show on a page. A page it renders replays the stream from its first event.
+    provider = ScriptedProvider([Answer("Early words. "), Pause(0.3), Answer("Late words.")])
+    a, b = await start_workers(provider=provider, grace_period=5)
+    posted = await a.post("/process_prompt", data={"prompt": "hi"})
+    cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    uid = uid_from_snippet(await posted.text())
+    produced = await a.get("/response-stream", params={"uid": uid})
+    seen = await read_events(produced, 2)
+    followed = await b.get(
+        "/response-stream", params={"uid": uid}, headers={"Last-Event-ID": seen[-1].id}
+    )
+    assert await followed.content.readuntil(b"\n\n") == RETRY_FIELD
+
+    page = await (await b.get(f"/c/{cid}")).text()
+    assert f"uid={uid}&amp;after=0" in page
+    replay = await b.get("/response-stream", params={"uid": uid, "after": "0"})
+    events, _ = parse_stream(await replay.text())
+
+    assert answer_of(events) == "Early words. Late words."
+    produced.close()
+    followed.close()
