@@ -16,9 +16,13 @@ over every log it follows, on one connection, into a ``FollowedStream``,
 which ``listen`` writes out exactly as it writes a local one.
 
 Stop and "nobody is listening" reach the producing worker as messages on a
-control stream that every worker reads. Each worker refreshes a heartbeat key;
-an answer whose producer's heartbeat is gone (a worker killed) is ended by any
-worker with a readable ``error`` and ``close``.
+control stream that every worker reads. Each worker refreshes its heartbeat;
+the answers of a worker whose heartbeat stopped (a worker killed) are ended by
+another worker with a readable ``error`` and ``close``.
+
+The stream limits count with sorted sets, so that a prompt costs a few commands
+whatever the number of answers: prompts waiting to be opened (scored by when
+they were posted) and answers being produced, for everyone and per client.
 
 Keys (each under ``--redis-prefix``; every one expires):
 
@@ -28,11 +32,15 @@ Keys (each under ``--redis-prefix``; every one expires):
 ``stream:{uid}``         hash: state (pending, producing, closed), client,
                          conversation, turn, request, producer, listeners
 ``log:{uid}``            Redis stream: the answer's SSE frames
-``active``               hash: uid -> the answers not ended, for the limits
+``pending``              sorted set: prompts not opened yet, by when posted
+``pending:{client}``     the same, of one client
+``producing``            sorted set: answers being produced, by when started
+``producing:{client}``   the same, of one client
+``owned:{worker}``       set: the answers a worker produces
+``workers``              sorted set: each worker's last heartbeat
 ``rate:{client}``        sorted set: the client's prompts of the last minute
 ``control``              Redis stream: stop and idle messages
 ``wake:{worker}``        Redis stream: wakes a worker's reader for a new log
-``worker:{worker}``      a worker's heartbeat, gone soon after the worker
 =======================  ====================================================
 """
 
@@ -46,7 +54,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import redis.asyncio as redis
@@ -62,6 +70,7 @@ from server import (
     CONVERSATION_GONE,
     GIVE_WAY_S,
     MAX_LISTENERS_PER_STREAM,
+    PENDING_COUNTS_S,
     RATE_WINDOW_S,
     STILL_STREAMING,
     STOPPED_BY_SERVER,
@@ -73,9 +82,11 @@ from server import (
     NotClaimable,
     PromptForm,
     Refusal,
+    Room,
     Store,
     Stream,
     Transcript,
+    Unopened,
     close_event,
     error_event,
     format_event,
@@ -182,28 +193,6 @@ def request_from_json(raw: bytes) -> ChatRequest:
     return ChatRequest(messages, data["model"], data["temperature"])
 
 
-@dataclass
-class Active:
-    """An answer not ended yet, as the stream limits see it (server.Counted)."""
-
-    uid: str
-    client: str
-    created: float  # time.monotonic() of this process when it was posted
-    producer: str | None  # the worker producing it; None until its first GET
-    closed: bool = False
-
-    @classmethod
-    def parse(cls, uid: bytes, value: bytes) -> Active:
-        # "client wall-clock-time producer": the client has no space (an address).
-        client, posted, producer = value.decode().split(" ")
-        age = time.time() - float(posted)
-        return cls(uid.decode(), client, time.monotonic() - age, producer or None)
-
-
-def active_entry(client: str, posted: float, producer: str = "") -> str:
-    return f"{client} {posted!r} {producer}"
-
-
 # --- the streams: produced here, or followed here -----------------------------------------
 
 
@@ -272,6 +261,7 @@ class RedisStore(Store):
         self.reader = LogReader(self)
         self.closing = False  # the app is stopping: the background loops end
         self.lost_at: float | None = None  # when Redis started failing, while it does
+        self.tasks: set[asyncio.Task[None]] = set()  # work begun in the background
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -297,7 +287,8 @@ class RedisStore(Store):
             task.cancel()
         await asyncio.wait(tasks, timeout=CLOSE_S)
         with suppress(RedisError, OSError):
-            await self.redis.delete(self.key("worker", self.worker), self.key("wake", self.worker))
+            await self.redis.delete(self.key("wake", self.worker))
+            await self.redis.zrem(self.key("workers"), self.worker)
         await self.reader.close()
         await self.redis.aclose()
 
@@ -319,11 +310,8 @@ class RedisStore(Store):
         with suppress(RedisError, OSError):
             since = time.time() - self.config.conversation_ttl
             counts["conversations"] = await self.redis.zcount(self.key("convs"), since, "+inf")
-            now = time.monotonic()
-            counts["uids_pending"] = sum(
-                answer.producer is None and now - answer.created <= self.config.uid_ttl
-                for answer in await self.active_answers()
-            )
+            since = time.time() - self.config.uid_ttl
+            counts["uids_pending"] = await self.redis.zcount(self.key("pending"), since, "+inf")
         return counts
 
     # --- conversations ---
@@ -385,9 +373,47 @@ class RedisStore(Store):
                     {"Retry-After": str(wait)},
                 )
 
-    async def active_answers(self) -> list[Active]:
-        entries = await self.redis.hgetall(self.key("active"))
-        return [Active.parse(uid, value) for uid, value in entries.items()]
+    async def shared_room(self, client: str) -> tuple[Room, list[Unopened]]:
+        """What the stream limits count (server.Room), for every worker; and the
+        oldest prompts nobody opened for GIVE_WAY_S, of each kind (Limits.check_room)."""
+        now = time.time()
+        counts_since = now - PENDING_COUNTS_S
+        stale_since = now - GIVE_WAY_S
+        pending, mine_pending = self.key("pending"), self.key("pending", client)
+        producing, mine_producing = self.key("producing"), self.key("producing", client)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (pending, mine_pending):  # expired unopened: no longer waiting
+            pipe.zremrangebyscore(key, "-inf", now - self.config.uid_ttl)
+        for key in (producing, mine_producing):  # longer than any answer may last
+            pipe.zremrangebyscore(key, "-inf", now - self.live_ttl())
+        pipe.zcard(mine_pending)
+        pipe.zcount(mine_pending, f"({counts_since}", "+inf")
+        pipe.zcard(mine_producing)
+        pipe.zcard(pending)
+        pipe.zcount(pending, f"({counts_since}", "+inf")
+        pipe.zcard(producing)
+        pipe.zrangebyscore(pending, "-inf", stale_since, start=0, num=2, withscores=True)
+        pipe.zrangebyscore(
+            pending, f"({counts_since}", stale_since, start=0, num=2, withscores=True
+        )
+        (
+            *_,
+            waiting,
+            mine_new,
+            mine_on,
+            waiting_all,
+            new_all,
+            on_all,
+            oldest,
+            counting,
+        ) = await pipe.execute()
+        room = Room(waiting, mine_new + mine_on, waiting_all, new_all + on_all)
+        stale = {uid.decode(): posted for uid, posted in [*oldest, *counting]}
+        unopened = [
+            Unopened(uid, posted > counts_since)
+            for uid, posted in sorted(stale.items(), key=lambda item: item[1])
+        ]
+        return room, unopened
 
     # --- a new turn ---
 
@@ -421,7 +447,9 @@ class RedisStore(Store):
             earlier = self.earlier_turns(conversation, form)
             # The limits count every worker's answers (not watched: two workers may
             # both let one more in at the same moment, never more than that).
-            making_room = self.limits.check_room(await self.active_answers(), client)
+            room, stale = await self.shared_room(client)
+            making_room = self.limits.check_room(room, lambda: stale)
+            making_room_of = await self._clients_of(making_room)
 
             new = conversation is None
             if conversation is None:
@@ -431,8 +459,9 @@ class RedisStore(Store):
             conversation.settings = settings
             posted = time.time()
             pipe.multi()
-            for uid in [*given_way, *(unopened.uid for unopened in making_room)]:
-                pipe.hdel(self.key("active"), uid)
+            for uid, its_client in [*given_way, *making_room_of]:
+                pipe.zrem(self.key("pending"), uid)
+                pipe.zrem(self.key("pending", its_client), uid)
                 pipe.delete(self.key("stream", uid))
             self._save(pipe, conversation)
             pipe.hset(
@@ -448,8 +477,9 @@ class RedisStore(Store):
                 },
             )
             pipe.pexpire(self.key("stream", turn.uid), ms(config.uid_ttl))
-            pipe.hset(self.key("active"), turn.uid, active_entry(client, posted))
-            pipe.pexpire(self.key("active"), ms(self.live_ttl()))
+            for key in (self.key("pending"), self.key("pending", client)):
+                pipe.zadd(key, {turn.uid: posted})
+                pipe.pexpire(key, ms(self.live_ttl()))
             await pipe.execute()
         await self._bound_conversations()
         return conversation, turn, new
@@ -465,21 +495,32 @@ class RedisStore(Store):
         for key in ("convs", "chars"):
             pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
 
-    async def _let_go_of_unopened_turns(self, pipe: Any, conversation: Conversation) -> list[str]:
+    async def _let_go_of_unopened_turns(
+        self, pipe: Any, conversation: Conversation
+    ) -> list[tuple[str, str]]:
         """A turn whose stream is gone (expired unopened, or made room) is over; one
         never opened for GIVE_WAY_S gives way to the new prompt, as in server.Store.
-        The uids whose streams must go."""
+        The uids whose streams must go, each with its client."""
         given_way = []
         for turn in conversation.turns:
             if turn.done:
                 continue
-            state, posted = await pipe.hmget(self.key("stream", turn.uid), ["state", "posted"])
+            key = self.key("stream", turn.uid)
+            state, posted, client = await pipe.hmget(key, ["state", "posted", "client"])
             if posted is None:
                 turn.end("expired", None, UNOPENED)
             elif state == b"pending" and time.time() - float(posted) >= GIVE_WAY_S:
                 turn.end("expired", None, UNOPENED)
-                given_way.append(turn.uid)
+                given_way.append((turn.uid, client.decode()))
         return given_way
+
+    async def _clients_of(self, uids: list[str]) -> list[tuple[str, str]]:
+        """Each prompt's uid with its client (a prompt already gone is left out)."""
+        pairs = []
+        for uid in uids:
+            client = await self.redis.hget(self.key("stream", uid), "client")
+            pairs.append((uid, client.decode() if client else ""))
+        return pairs
 
     async def _bound_conversations(self) -> None:
         """Past --max-conversations or --max-kept-chars, forget the least recently
@@ -541,6 +582,33 @@ class RedisStore(Store):
         last_event_id: int | None,
         start: Callable[[Stream], Coroutine[Any, Any, None]],
     ) -> tuple[Stream, int]:
+        # A browser that leaves cancels its handler, perhaps between two commands to
+        # Redis: the claim is finished anyway (shielded), then undone (detached).
+        claiming = asyncio.ensure_future(self._claim_anywhere(uid, last_event_id, start))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            claiming.add_done_callback(self._undo_claim)
+            raise
+
+    def _undo_claim(self, claiming: asyncio.Future[tuple[Stream, int]]) -> None:
+        if not claiming.cancelled() and claiming.exception() is None:
+            stream, _ = claiming.result()
+            self.background(self.detach(stream))
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on its own: kept referenced until done (the loop keeps only
+        weak references to tasks)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _claim_anywhere(
+        self,
+        uid: str,
+        last_event_id: int | None,
+        start: Callable[[Stream], Coroutine[Any, Any, None]],
+    ) -> tuple[Stream, int]:
         local = self._streams.get(uid)
         if isinstance(local, LoggedStream):  # produced here: as with one process
             stream, position = await super().claim(uid, last_event_id, start)
@@ -573,19 +641,26 @@ class RedisStore(Store):
                 if time.time() - posted > self.config.uid_ttl:
                     raise NotClaimable(UNKNOWN_UID)
                 client = fields[b"client"].decode()
-                answer = Active(uid, client, time.monotonic() - (time.time() - posted), None)
-                others = [other for other in await self.active_answers() if other.uid != uid]
-                late = self.limits.started_late(others, answer)
-                if late is not None:
-                    raise NotClaimable(late)
+                if time.time() - posted >= PENDING_COUNTS_S:  # it stopped counting
+                    late = self.limits.started_late((await self.shared_room(client))[0])
+                    if late is not None:
+                        raise NotClaimable(late)
+                now = time.time()
                 pipe.multi()
                 pipe.hset(key, mapping={"state": "producing", "producer": self.worker})
                 pipe.hincrby(key, "listeners", 1)
                 pipe.pexpire(key, ms(self.live_ttl()))
-                pipe.hset(self.key("active"), uid, active_entry(client, posted, self.worker))
+                pipe.zrem(self.key("pending"), uid)
+                pipe.zrem(self.key("pending", client), uid)
+                for counted in (self.key("producing"), self.key("producing", client)):
+                    pipe.zadd(counted, {uid: now})
+                    pipe.pexpire(counted, ms(self.live_ttl()))
+                pipe.sadd(self.key("owned", self.worker), uid)
+                pipe.pexpire(self.key("owned", self.worker), ms(self.live_ttl()))
                 # Its producer's heartbeat, fresh: even just after Redis came back empty,
                 # no worker may take this answer for one whose worker died.
-                pipe.set(self.key("worker", self.worker), b"1", px=ms(HEARTBEAT_TTL_S))
+                pipe.zadd(self.key("workers"), {self.worker: now})
+                pipe.pexpire(self.key("workers"), ms(self.live_ttl()))
                 await pipe.execute()
                 turn = turn_from_json(json.loads(fields[b"turn"]))
                 request = request_from_json(fields[b"request"])
@@ -639,17 +714,20 @@ class RedisStore(Store):
             return 0
 
     async def detach(self, stream: Stream) -> None:
+        # This worker's count at once; every worker's in Redis, shielded: a handler
+        # cancelled (its browser gone) must not leave a listener counted for ever.
+        stream.listeners -= 1
+        if isinstance(stream, FollowedStream) and stream.listeners == 0:
+            self._forget(stream)  # the reader stops following it
+        await asyncio.shield(self._detached(stream))
+
+    async def _detached(self, stream: Stream) -> None:
         left = await self._listened(stream.uid, -1)
         if isinstance(stream, FollowedStream):
-            stream.listeners -= 1
-            if stream.listeners == 0:
-                self._forget(stream)  # the reader stops following it
             if left <= 0 and not stream.closed:
                 await self.send("idle", stream.uid)  # to its producer: nobody listens now
-            return
-        async with self.lock:
-            stream.listeners -= 1
-            if stream.listeners == 0 and left <= 0:
+        elif stream.listeners == 0 and left <= 0:
+            async with self.lock:
                 self._wait_for_return(stream)
 
     def _give_up(self, stream: Stream) -> None:
@@ -660,7 +738,7 @@ class RedisStore(Store):
         if stream.closed:
             super()._give_up(stream)
         elif stream.listeners == 0:
-            asyncio.get_running_loop().create_task(self._give_up_unless_listened(stream))
+            self.background(self._give_up_unless_listened(stream))
 
     async def _give_up_unless_listened(self, stream: Stream) -> None:
         try:
@@ -727,7 +805,10 @@ class RedisStore(Store):
         """Say this worker is alive; end the answers of workers that are not."""
         while not self.closing:
             try:
-                await self.redis.set(self.key("worker", self.worker), b"1", px=ms(HEARTBEAT_TTL_S))
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.zadd(self.key("workers"), {self.worker: time.time()})
+                pipe.pexpire(self.key("workers"), ms(self.live_ttl()))
+                await pipe.execute()
                 self.reachable_again()
                 await self.end_orphans()
             except (RedisError, OSError) as error:
@@ -751,30 +832,27 @@ class RedisStore(Store):
             )
 
     async def end_orphans(self) -> None:
-        answers = await self.active_answers()
-        now = time.monotonic()
-        for answer in answers:
-            if answer.producer is None and now - answer.created > self.config.uid_ttl:
-                await self.redis.hdel(self.key("active"), answer.uid)  # expired unopened
-        producers = sorted({answer.producer for answer in answers if answer.producer})
-        if not producers:
-            return
-        alive = await self.redis.mget([self.key("worker", worker) for worker in producers])
-        gone = {worker for worker, beat in zip(producers, alive, strict=True) if beat is None}
-        for answer in answers:
-            if answer.producer in gone:
+        """End the answers of every worker whose heartbeat stopped."""
+        workers = self.key("workers")
+        gone = await self.redis.zrangebyscore(workers, "-inf", time.time() - HEARTBEAT_TTL_S)
+        for worker in gone:
+            owned = self.key("owned", worker.decode())
+            for uid in await self.redis.smembers(owned):
                 with suppress(WatchError):
-                    await self._end_orphan(answer.uid)
+                    await self._end_orphan(uid.decode())
+            await self.redis.delete(owned)
+            await self.redis.zrem(workers, worker)
 
     async def _end_orphan(self, uid: str) -> None:
         """End an answer whose producer died: `error` and `close` after its last frame."""
         key, log_key = self.key("stream", uid), self.key("log", uid)
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(key, log_key)
-            state, cid = await pipe.hmget(key, ["state", "cid"])
+            state, cid, client, producer = await pipe.hmget(
+                key, ["state", "cid", "client", "producer"]
+            )
             if state != b"producing":
                 await pipe.unwatch()
-                await self.redis.hdel(self.key("active"), uid)
                 return
             last = await pipe.xrevrange(log_key, count=1)
             event_id = _event_id(last[0][0]) if last else 0
@@ -787,7 +865,7 @@ class RedisStore(Store):
             pipe.hset(key, mapping={"state": "closed", "ended": repr(time.time())})
             pipe.pexpire(key, ms(ended))
             pipe.pexpire(log_key, ms(ended))
-            pipe.hdel(self.key("active"), uid)
+            self.produced(pipe, uid, client.decode(), producer.decode())
             await pipe.execute()
         log.warning("stream %s: its worker stopped; ended it", uid[:9])
         conversation = await self._conversation(cid.decode()) if cid else None
@@ -796,6 +874,12 @@ class RedisStore(Store):
                 if turn.uid == uid and not turn.done:
                     turn.end("crashed", None, PRODUCER_GONE)
                     await self._keep_turn(conversation.cid, turn)
+
+    def produced(self, pipe: Any, uid: str, client: str, producer: str) -> None:
+        """The answer is over: it no longer counts against the limits."""
+        pipe.zrem(self.key("producing"), uid)
+        pipe.zrem(self.key("producing", client), uid)
+        pipe.srem(self.key("owned", producer), uid)
 
     def ended_ttl(self) -> float:
         """How long a finished answer's keys live: its resume window, and a little more."""
@@ -852,8 +936,8 @@ class LogWriter:
                 if stream.closed:
                     ended = {"state": "closed", "ended": repr(time.time())}
                     pipe.hset(store.key("stream", uid), mapping=ended)
-                    pipe.hdel(store.key("active"), uid)
-                    whose += [stream, stream]
+                    store.produced(pipe, uid, stream.client, store.worker)
+                    whose += [stream] * 4
                 pipe.pexpire(store.key("log", uid), ms(ttl))
                 pipe.pexpire(store.key("stream", uid), ms(ttl))
                 whose += [stream, stream]

@@ -67,11 +67,11 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp_jinja2
 import jinja2
@@ -417,7 +417,8 @@ class Store:
                 if conversation.streaming:
                     raise Refusal(409, STILL_STREAMING)
             earlier = self.earlier_turns(conversation, form)
-            for unopened in self.limits.check_room(self.active(), client):
+            for uid in self.limits.check_room(self.room(client), self.stale):
+                unopened = self._streams[uid]
                 self._forget(unopened)
                 unopened.turn.end("expired", None, UNOPENED)
 
@@ -496,9 +497,32 @@ class Store:
                 self._forget(stream)
                 stream.turn.end("expired", None, UNOPENED)
 
-    def active(self) -> list[Stream]:
-        """The streams that have not ended: waiting to be opened, or generating."""
-        return [stream for stream in self._streams.values() if not stream.closed]
+    def room(self, client: str) -> Room:
+        """What the stream limits count, for a prompt from ``client``."""
+        now = time.monotonic()
+        waiting = mine = pending = counted = 0
+        for stream in self._streams.values():
+            if stream.closed:
+                continue
+            unopened = stream.producer is None
+            counts = not unopened or now - stream.created < PENDING_COUNTS_S
+            pending += unopened
+            counted += counts
+            if stream.client == client:
+                waiting += unopened
+                mine += counts
+        return Room(waiting, mine, pending, counted)
+
+    def stale(self) -> list[Unopened]:
+        """The prompts nobody opened for GIVE_WAY_S, oldest first."""
+        now = time.monotonic()
+        unopened = [
+            stream
+            for stream in self._streams.values()
+            if stream.producer is None and now - stream.created >= GIVE_WAY_S
+        ]
+        unopened.sort(key=lambda stream: stream.created)
+        return [Unopened(s.uid, now - s.created < PENDING_COUNTS_S) for s in unopened]
 
     async def claim(
         self,
@@ -520,7 +544,9 @@ class Store:
         if stream is None or self._expired(stream) or self._resume_too_late(stream):
             raise NotClaimable(UNKNOWN_UID)
         if stream.producer is None:
-            late = self.limits.started_late(self._streams.values(), stream)
+            late = None
+            if time.monotonic() - stream.created >= PENDING_COUNTS_S:  # it stopped counting
+                late = self.limits.started_late(self.room(stream.client))
             if late is not None:  # it stopped counting while unopened, and there is no room now
                 self._forget(stream)
                 stream.turn.end("refused", None, late)
@@ -1427,20 +1453,24 @@ MINE_STREAMING = "You already have {count} answers streaming; wait for one to fi
 RETRY = {"Retry-After": "5"}
 
 
-class Counted(Protocol):
-    """What the stream limits look at in a stream (a Stream, or redis_store's record of one)."""
+@dataclass(frozen=True)
+class Room:
+    """What the stream limits count when a client adds a prompt: its own, and everyone's.
+    An answer *counts* while it streams, or while its prompt waits to be opened for at
+    most PENDING_COUNTS_S."""
 
-    @property
-    def client(self) -> str: ...
-    @property
-    def created(self) -> float: ...  # time.monotonic() when it was posted
-    @property
-    def closed(self) -> bool: ...
-    @property
-    def producer(self) -> object | None: ...  # None until its first GET
+    waiting: int  # the client's prompts not opened yet
+    mine: int  # the client's answers that count
+    pending: int  # everyone's prompts not opened yet
+    counted: int  # everyone's answers that count
 
 
-CountedT = TypeVar("CountedT", bound=Counted)
+@dataclass(frozen=True)
+class Unopened:
+    """A prompt nobody opened for GIVE_WAY_S: past a limit, it makes room for a new one."""
+
+    uid: str
+    counted: bool  # still within PENDING_COUNTS_S: it counts against --max-streams
 
 
 class Limits:
@@ -1472,70 +1502,48 @@ class Limits:
             )
         recent.append(now)
 
-    def check_room(self, active: list[CountedT], client: str) -> list[CountedT]:
-        """Raise a Refusal if one more prompt from ``client`` would pass a stream limit.
+    def check_room(self, room: Room, stale: Callable[[], list[Unopened]]) -> list[str]:
+        """Raise a Refusal if one more prompt would pass a stream limit (``room``
+        counts what is there already).
 
         Past a limit for everyone, the oldest prompts nobody opened within
-        GIVE_WAY_S make room instead: they are returned, for the caller to forget.
+        GIVE_WAY_S make room instead (``stale()``: those prompts, oldest first):
+        their uids are returned, for the caller to forget.
         """
         config = self.config
-        now = time.monotonic()
-        pending = [stream for stream in active if stream.producer is None]
-        waiting = sum(stream.client == client for stream in pending)
-        if waiting >= config.max_pending_per_client:
+        if room.waiting >= config.max_pending_per_client:
             raise Refusal(
                 429,
-                f"You have {waiting} prompts waiting for their answer to be opened. " + TRY_LATER,
+                f"You have {room.waiting} prompts waiting for their answer to be opened. "
+                + TRY_LATER,
                 RETRY,
             )
-        counted = self.counted(active, now)
-        mine = sum(stream.client == client for stream in counted)
-        if mine >= config.max_streams_per_client:
-            raise Refusal(429, MINE_STREAMING.format(count=mine), RETRY)
+        if room.mine >= config.max_streams_per_client:
+            raise Refusal(429, MINE_STREAMING.format(count=room.mine), RETRY)
 
-        making_room: list[CountedT] = []
+        making_room: list[Unopened] = []
 
-        def give_way(candidates: list[CountedT], refusal: Refusal) -> None:
-            stale = [
-                stream
-                for stream in candidates
-                if stream.producer is None
-                and now - stream.created >= GIVE_WAY_S
-                and stream not in making_room
-            ]
-            if not stale:
-                raise refusal
-            making_room.append(min(stale, key=lambda stream: stream.created))
+        def give_way(counted_only: bool, refusal: Refusal) -> None:
+            for unopened in stale():
+                if unopened not in making_room and (unopened.counted or not counted_only):
+                    making_room.append(unopened)
+                    return
+            raise refusal
 
-        if len(pending) >= config.max_pending:
-            give_way(pending, Refusal(503, TOO_MANY_WAITING, RETRY))
-        if sum(stream not in making_room for stream in counted) >= config.max_streams:
-            give_way(counted, Refusal(503, SERVER_FULL, RETRY))
-        return making_room
+        if room.pending >= config.max_pending:
+            give_way(False, Refusal(503, TOO_MANY_WAITING, RETRY))
+        if room.counted - sum(unopened.counted for unopened in making_room) >= config.max_streams:
+            give_way(True, Refusal(503, SERVER_FULL, RETRY))
+        return [unopened.uid for unopened in making_room]
 
-    @staticmethod
-    def counted(streams: Iterable[CountedT], now: float) -> list[CountedT]:
-        """The streams that count against the stream limits: generating, or posted
-        within PENDING_COUNTS_S and not opened yet."""
-        return [
-            stream
-            for stream in streams
-            if not stream.closed
-            and (stream.producer is not None or now - stream.created < PENDING_COUNTS_S)
-        ]
-
-    def started_late(self, streams: Iterable[Counted], stream: Counted) -> str | None:
+    def started_late(self, room: Room) -> str | None:
         """A prompt opened after it stopped counting counts again from now on: why it
-        may not start, if that would pass a stream limit; else None."""
-        now = time.monotonic()
-        if now - stream.created < PENDING_COUNTS_S:
-            return None  # it has counted all along
-        counted = [other for other in self.counted(streams, now) if other is not stream]
-        if len(counted) >= self.config.max_streams:
+        may not start, if that would pass a stream limit (``room`` counts the
+        others); else None."""
+        if room.counted >= self.config.max_streams:
             return SERVER_FULL
-        mine = sum(other.client == stream.client for other in counted)
-        if mine >= self.config.max_streams_per_client:
-            return MINE_STREAMING.format(count=mine)
+        if room.mine >= self.config.max_streams_per_client:
+            return MINE_STREAMING.format(count=room.mine)
         return None
 
     def enter(self, client: str) -> None:

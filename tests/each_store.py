@@ -20,3 +20,13 @@ def start_app_on_each_store(start_app: Any, store_config: dict[str, Any]) -> Any
         return await start_app(*args, **{**store_config, **overrides})
 
     return start
+
+
+def tune(monkeypatch: pytest.MonkeyPatch, name: str, value: float) -> None:
+    """Set one of the limits' timings (GIVE_WAY_S, PENDING_COUNTS_S) for both stores:
+    redis_store.py imports them from server.py."""
+    import redis_store
+    import server
+
+    monkeypatch.setattr(server, name, value)
+    monkeypatch.setattr(redis_store, name, value)

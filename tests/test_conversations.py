@@ -14,12 +14,10 @@ import re
 
 import pytest
 
-import redis_store
-import server
 from providers.events import Answer
 from providers.openai import DEFAULT_SYSTEM_PROMPT, OpenAISettings
 from tests.conftest import Hang, Pause, ScriptedProvider, read_stream
-from tests.each_store import start_app_on_each_store  # noqa: F401  (both stores)
+from tests.each_store import start_app_on_each_store, tune  # noqa: F401  (both stores)
 from tests.fake_upstream import DONE, chunk, frame
 from tests.fake_upstream import Pause as UpstreamPause
 from tests.snippet import uid_from_snippet
@@ -446,8 +444,7 @@ async def test_a_turn_never_opened_shows_why_and_does_not_hold_its_conversation(
 
 
 async def test_a_turn_not_opened_yet_gives_way_to_the_next_prompt(start_app, monkeypatch):
-    monkeypatch.setattr(server, "GIVE_WAY_S", 0.1)
-    monkeypatch.setattr(redis_store, "GIVE_WAY_S", 0.1)
+    tune(monkeypatch, "GIVE_WAY_S", 0.1)
     client = await start_app(provider=ScriptedProvider([Answer("ok")]))
     response = await ask(client, "The page closed at once")
     cid = response.headers["HX-Push-Url"].removeprefix("/c/")

@@ -19,7 +19,7 @@ import server
 from providers.events import Answer
 from providers.openai import OpenAISettings
 from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
-from tests.each_store import start_app_on_each_store  # noqa: F401  (both stores)
+from tests.each_store import start_app_on_each_store, tune  # noqa: F401  (both stores)
 from tests.fake_upstream import DONE, chunk
 from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
@@ -114,8 +114,8 @@ async def test_prompts_nobody_opens_stop_counting_after_a_few_seconds(start_app,
     # 50 addresses post 4 prompts each and never open them: 200 prompts, the
     # default --max-streams. They count only for PENDING_COUNTS_S, not for the
     # whole --uid-ttl, so the server is soon open to everyone again.
-    monkeypatch.setattr(server, "PENDING_COUNTS_S", 2.0)
-    monkeypatch.setattr(server, "GIVE_WAY_S", 60.0)  # none gives way: the next test's point
+    tune(monkeypatch, "PENDING_COUNTS_S", 2.0)
+    tune(monkeypatch, "GIVE_WAY_S", 60.0)  # none gives way: the next test's point
     client = await start_app(max_streams=200, max_streams_per_client=4)
     statuses = await asyncio.gather(
         *(post_from(client, f"127.0.1.{n}") for n in range(1, 51) for _ in range(4))
@@ -130,14 +130,14 @@ async def test_prompts_nobody_opens_stop_counting_after_a_few_seconds(start_app,
 async def test_prompts_nobody_opened_make_room_when_the_server_is_full(start_app, monkeypatch):
     # The same flood, posted again as soon as its prompts stop counting: the
     # oldest unopened prompt gives way to a new one instead of a 503.
-    monkeypatch.setattr(server, "GIVE_WAY_S", 60.0)  # for now, nobody gives way
+    tune(monkeypatch, "GIVE_WAY_S", 60.0)  # for now, nobody gives way
     client = await start_app(max_streams=200, max_streams_per_client=4)
     flood = [f"127.0.1.{n}" for n in range(1, 51) for _ in range(4)]
     assert await asyncio.gather(*(post_from(client, address) for address in flood)) == [200] * 200
     assert await post_from(client, "127.0.2.1") == 503
 
     # Now they have waited GIVE_WAY_S unopened (and still count, for PENDING_COUNTS_S).
-    monkeypatch.setattr(server, "GIVE_WAY_S", 0.0)
+    tune(monkeypatch, "GIVE_WAY_S", 0.0)
     assert [await post_from(client, "127.0.2.1") for _ in range(3)] == [200, 200, 200]
     assert (await healthz(client))["uids_pending"] == 200  # three flood prompts gave way
 
@@ -145,7 +145,7 @@ async def test_prompts_nobody_opened_make_room_when_the_server_is_full(start_app
 async def test_a_prompt_opened_late_counts_again_when_it_starts(start_app, monkeypatch):
     # Two prompts wait unopened until they stop counting; two more are posted;
     # then all four are opened at once. Only as many may generate as the limit.
-    monkeypatch.setattr(server, "PENDING_COUNTS_S", 0.3)
+    tune(monkeypatch, "PENDING_COUNTS_S", 0.3)
     provider = ScriptedProvider([Answer("x"), Hang()])
     client = await start_app(provider=provider, max_streams=10, max_streams_per_client=2)
     early = [await post_prompt(client) for _ in range(2)]

@@ -87,12 +87,13 @@ async def open_stream_and_read_nothing(client, uid, receive_buffer):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     writer.write(f"GET /response-stream?uid={uid} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
-    await eventually(lambda: listeners(client, 1))  # the server has taken it on
+    await eventually(lambda: claimed(client))  # the server has taken it on
     return reader, writer
 
 
-async def listeners(client, count) -> bool:
-    return (await healthz(client))["listeners"] == count
+async def claimed(client) -> bool:
+    """Whether the prompt's stream was opened (it is no longer waiting)."""
+    return (await healthz(client))["uids_pending"] == 0
 
 
 async def no_listeners_left(client, within=10.0):
