@@ -16,7 +16,14 @@ from typing import Any
 from aiohttp import web
 from gunicorn.app.base import BaseApplication
 
-from server import GC_THRESHOLDS, SHUTDOWN_TIMEOUT_S, AccessLogger, Config, make_app
+from server import (
+    GC_THRESHOLDS,
+    SHUTDOWN_TIMEOUT_S,
+    AccessLogger,
+    Config,
+    check_model_server,
+    make_app,
+)
 
 
 class Workers(BaseApplication):
@@ -50,10 +57,12 @@ class Workers(BaseApplication):
 
     async def worker_runner(self) -> web.AppRunner:
         """Run in each worker, after the fork: its own app, on its own event loop."""
+        app = make_app(self.config)
+        app.on_startup.append(check_model_server)  # each worker says what it found
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         return web.AppRunner(
-            make_app(self.config),
+            app,
             # A browser that leaves has its handler cancelled at once, as with one process.
             handler_cancellation=True,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
