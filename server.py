@@ -37,6 +37,9 @@ How a stream lives
     writes the log out. A browser that reconnects with Last-Event-ID resumes
     after that event. When the last listener leaves, the generation goes on
     for --grace-period seconds, then is cancelled and the upstream released.
+    All of it lives in one process's memory (``Store``); with --redis-url it
+    lives in Redis instead, shared by several worker processes
+    (redis_store.py, workers.py), and nothing above changes.
 
 Reading this file
     From the top down to the banner, the code follows a prompt's path: SSE
