@@ -37,6 +37,7 @@ Keys (each under ``--redis-prefix``; every one expires):
 ``producing``            sorted set: answers being produced, by when started
 ``producing:{client}``   the same, of one client
 ``owned:{worker}``       set: the answers a worker produces
+``listening:{worker}``   hash: uid -> a worker's listeners of that answer
 ``workers``              sorted set: each worker's last heartbeat
 ``rate:{client}``        sorted set: the client's prompts of the last minute
 ``control``              Redis stream: stop and idle messages
@@ -101,12 +102,15 @@ STORE_UNREACHABLE = (
 PRODUCER_GONE = "The server process writing this answer stopped. Please submit the prompt again."
 HEARTBEAT_S = 1.0  # how often a worker says it is alive, and looks for answers left behind
 HEARTBEAT_TTL_S = 3.0  # a worker silent this long is gone: its answers are ended
+LOG_LAG_S = 0.5  # how far a log may lag behind what its producer's listeners saw
 READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long at most, then asks again
 CONTROL_KEPT = 10_000  # control messages kept (about): older ones are trimmed
 SETTLE_S = 1.0  # a finished log outlives the grace period by this much
 POOL_SIZE = 32  # connections to Redis per worker (its reader has one more of its own)
 CLOSE_S = 2.0  # at shutdown, how long the background loops may take to end
 DRAIN_S = 5.0  # at shutdown, how long the last frames may take to be written
+RETRY_S = 1.0  # how often frames that could not be written are tried again
+UID_CHARS = 33  # "u" and 128 random bits in hex (server.Store.new_uid)
 RETRIES = 10  # a transaction retried this often when another worker changed its key
 
 
@@ -203,12 +207,15 @@ class LoggedStream(Stream):
                  turn: Turn, cid: str) -> None:  # fmt: skip
         super().__init__(uid, request, client, turn, cid)
         self.store = store
+        self.names: list[str] = []  # names[n]: the name of the event with id n + 1
+        self.logged = 0  # the events up to this id are in the Redis log
 
     def append(self, event: Event, *, replaces_previous: bool = False) -> None:
         if self.closed:
             return
         older = self._latest.get(event.name) if replaces_previous else None
         super().append(event, replaces_previous=replaces_previous)
+        self.names.append(event.name)
         frame = self.frames[-1]
         assert frame is not None
         forgotten = None if older is None else older + 1  # the event id the log drops
@@ -269,11 +276,17 @@ class RedisStore(Store):
     async def running(self, app: web.Application) -> AsyncIterator[None]:
         """The cleanup context: Redis reachable at start, the background tasks while
         the app runs, and this worker's last frames written before it goes."""
-        await self.redis.ping()
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as error:
+            # A worker (re)started while Redis is away starts anyway, and reconnects
+            # like a running one (`python server.py` itself refuses to start without it).
+            self.unreachable(error)
         tasks = [
             asyncio.create_task(self.writer.run()),
             asyncio.create_task(self.reader.run()),
             asyncio.create_task(self.heartbeat()),
+            asyncio.create_task(self.watch_workers()),
         ]
         yield
         await self.writer.drain()
@@ -302,6 +315,10 @@ class RedisStore(Store):
                 raise
             self.unreachable(error)
             raise Refusal(503, STORE_UNREACHABLE, {"Retry-After": "5"}) from None
+        self.reachable_again()
+
+    def status(self) -> str:
+        return "ok" if self.lost_at is None else "shared store unreachable"
 
     async def counts(self) -> dict[str, int]:
         """This worker's streams; every worker's prompts waiting to be opened, and
@@ -327,7 +344,10 @@ class RedisStore(Store):
         raw = await self.redis.getex(self.key("conv", cid), px=ms(self.config.conversation_ttl))
         if raw is None:
             return None
-        await self.redis.zadd(self.key("convs"), {cid: time.time()})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.key("convs"), {cid: time.time()})
+        pipe.pexpire(self.key("convs"), ms(self.config.conversation_ttl))
+        await pipe.execute()
         conversation = conversation_from_json(raw)
         for turn in conversation.turns:
             if not turn.done and not await self._may_stream(turn.uid):
@@ -450,6 +470,10 @@ class RedisStore(Store):
             room, stale = await self.shared_room(client)
             making_room = self.limits.check_room(room, lambda: stale)
             making_room_of = await self._clients_of(making_room)
+            for uid in making_room:  # if one is opened meanwhile, this all starts again
+                await pipe.watch(self.key("stream", uid))
+                if await pipe.hget(self.key("stream", uid), "state") != b"pending":
+                    raise WatchError("a prompt that was to make room was opened")
 
             new = conversation is None
             if conversation is None:
@@ -506,6 +530,7 @@ class RedisStore(Store):
             if turn.done:
                 continue
             key = self.key("stream", turn.uid)
+            await pipe.watch(key)  # if it is opened meanwhile, the new turn starts again
             state, posted, client = await pipe.hmget(key, ["state", "posted", "client"])
             if posted is None:
                 turn.end("expired", None, UNOPENED)
@@ -648,7 +673,7 @@ class RedisStore(Store):
                 now = time.time()
                 pipe.multi()
                 pipe.hset(key, mapping={"state": "producing", "producer": self.worker})
-                pipe.hincrby(key, "listeners", 1)
+                self._count_listener(pipe, uid)
                 pipe.pexpire(key, ms(self.live_ttl()))
                 pipe.zrem(self.key("pending"), uid)
                 pipe.zrem(self.key("pending", client), uid)
@@ -679,9 +704,19 @@ class RedisStore(Store):
             if int(fields.get(b"listeners", 0)) >= MAX_LISTENERS_PER_STREAM:
                 raise NotClaimable(ALREADY_STREAMING)
             pipe.multi()
-            pipe.hincrby(key, "listeners", 1)
+            self._count_listener(pipe, uid)
             await pipe.execute()
         followed = await self.follow(uid)
+        if last_event_id > len(followed.frames) and not followed.closed:
+            # The producer's own listeners see an event a moment before its log has
+            # it: give the log that moment. An id it never reaches is none of ours.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(LOG_LAG_S):
+                    while last_event_id > len(followed.frames) and not followed.closed:
+                        await followed.changed()
+            if last_event_id > len(followed.frames) and not followed.closed:
+                await self.detach(followed)
+                raise NotClaimable(ALREADY_STREAMING)
         if followed.closed and last_event_id >= len(followed.frames):
             # The browser saw events its dead producer never logged: it still
             # gets how the answer ended (the last two events).
@@ -691,24 +726,41 @@ class RedisStore(Store):
     async def follow(self, uid: str) -> FollowedStream:
         """This worker's copy of another worker's answer, read from its log so far."""
         followed = self._streams.get(uid)
-        if not isinstance(followed, FollowedStream):
-            placeholder = Turn(uid, "", ChatSettings())  # the producer keeps the real one
-            followed = FollowedStream(uid, ChatRequest(()), "", placeholder, "")
+        if isinstance(followed, FollowedStream):
+            followed.listeners += 1
+            return followed
+        placeholder = Turn(uid, "", ChatSettings())  # the producer keeps the real one
+        followed = FollowedStream(uid, ChatRequest(()), "", placeholder, "")
+        followed.listeners = 1
+        self._streams[uid] = followed  # before any await: one copy per worker
+        try:
             for entry_id, fields in await self.redis.xrange(self.key("log", uid)):
                 followed.receive(_event_id(entry_id), fields[b"e"].decode(), fields[b"f"])
-            self._streams[uid] = followed
             await self.reader.wake(uid)
-        followed.listeners += 1
+        except BaseException:
+            await self.detach(followed)
+            raise
         return followed
+
+    def _count_listener(self, pipe: Any, uid: str) -> None:
+        """In a claim's transaction: one more listener, on every worker's count and on
+        this worker's own (which the others take back if it dies)."""
+        mine = self.key("listening", self.worker)
+        pipe.hincrby(self.key("stream", uid), "listeners", 1)
+        pipe.hincrby(mine, uid, 1)
+        pipe.pexpire(mine, ms(self.live_ttl()))
 
     async def _listened(self, uid: str, change: int) -> int:
         """Count a listener in or out on every worker's count; how many are left."""
-        key = self.key("stream", uid)
+        key, mine = self.key("stream", uid), self.key("listening", self.worker)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(key, "listeners", change)
         pipe.pexpire(key, ms(self.live_ttl()), nx=True)  # if it was gone, it is new: it expires
+        # This worker's own count, for the others to take back if it dies.
+        pipe.hincrby(mine, uid, change)
+        pipe.pexpire(mine, ms(self.live_ttl()))
         try:
-            left, _ = await pipe.execute()
+            left, *_ = await pipe.execute()
             return int(left)
         except (RedisError, OSError):
             return 0
@@ -724,8 +776,8 @@ class RedisStore(Store):
     async def _detached(self, stream: Stream) -> None:
         left = await self._listened(stream.uid, -1)
         if isinstance(stream, FollowedStream):
-            if left <= 0 and not stream.closed:
-                await self.send("idle", stream.uid)  # to its producer: nobody listens now
+            if left <= 0:  # to its producer: nobody listens now (let it go, even if over)
+                await self.send("idle", stream.uid)
         elif stream.listeners == 0 and left <= 0:
             async with self.lock:
                 self._wait_for_return(stream)
@@ -777,8 +829,14 @@ class RedisStore(Store):
     async def stop(self, uid: str, reason: str) -> None:
         if isinstance(self._streams.get(uid), LoggedStream):
             await super().stop(uid, reason)
-        else:  # produced elsewhere, if anywhere: its producer reads the control stream
-            with suppress(RedisError, OSError):
+            return
+        # Produced elsewhere, if anywhere: its producer reads the control stream. Only
+        # for an answer being produced: any other uid is ignored, as with one process.
+        with suppress(RedisError, OSError):
+            if (
+                len(uid) <= UID_CHARS
+                and await self.redis.hget(self.key("stream", uid), "state") == b"producing"
+            ):
                 await self.send("stop", uid, reason)
 
     async def send(self, op: str, uid: str, reason: str = "") -> None:
@@ -810,10 +868,21 @@ class RedisStore(Store):
                 pipe.pexpire(self.key("workers"), ms(self.live_ttl()))
                 await pipe.execute()
                 self.reachable_again()
-                await self.end_orphans()
             except (RedisError, OSError) as error:
                 self.unreachable(error)
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def watch_workers(self) -> None:
+        """Every second, end the answers of workers that stopped (a loop of its own:
+        however long that takes, this worker's heartbeat is not late)."""
+        while not self.closing:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self.end_orphans()
+            except (RedisError, OSError) as error:
+                self.unreachable(error)
+            except Exception:  # a bug here must not stop the watch for good
+                log.exception("ending the answers of stopped workers failed")
 
     def unreachable(self, error: Exception) -> None:
         """Log that Redis failed: once when it starts failing, not for every request."""
@@ -841,6 +910,16 @@ class RedisStore(Store):
                 with suppress(WatchError):
                     await self._end_orphan(uid.decode())
             await self.redis.delete(owned)
+            # Its listeners are gone too: no generation elsewhere waits for them.
+            listening = self.key("listening", worker.decode())
+            for uid, count in (await self.redis.hgetall(listening)).items():
+                if int(count) > 0:
+                    key = self.key("stream", uid.decode())
+                    if await self.redis.exists(key):
+                        left = await self.redis.hincrby(key, "listeners", -int(count))
+                        if left <= 0:
+                            await self.send("idle", uid.decode())
+            await self.redis.delete(listening)
             await self.redis.zrem(workers, worker)
 
     async def _end_orphan(self, uid: str) -> None:
@@ -900,6 +979,8 @@ class LogWriter:
         self.ready = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        #: Streams whose last frames could not be written (Redis away), by uid.
+        self.behind: dict[str, LoggedStream] = {}
 
     def add(
         self, stream: LoggedStream, name: str, event_id: int, frame: bytes, forgotten: int | None
@@ -917,45 +998,102 @@ class LogWriter:
     async def run(self) -> None:
         store = self.store
         while not store.closing:
-            await self.ready.wait()
+            if self.behind:  # try them again in a while, even if nothing new comes
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_S):
+                        await self.ready.wait()
+            else:
+                await self.ready.wait()
             self.ready.clear()
             batch, self.queue = self.queue, []
-            pipe = store.redis.pipeline(transaction=False)
-            streams: dict[str, LoggedStream] = {}
-            whose: list[LoggedStream] = []  # whose[n]: the stream of the pipeline's nth command
-            for stream, name, event_id, frame, forgotten in batch:
-                log_key = store.key("log", stream.uid)
-                pipe.xadd(log_key, {"e": name, "f": frame}, id=f"0-{event_id}")
-                whose.append(stream)
-                if forgotten is not None:
-                    pipe.xdel(log_key, f"0-{forgotten}")
-                    whose.append(stream)
-                streams[stream.uid] = stream
-            for uid, stream in streams.items():
-                ttl = store.ended_ttl() if stream.closed else store.live_ttl()
-                if stream.closed:
-                    ended = {"state": "closed", "ended": repr(time.time())}
-                    pipe.hset(store.key("stream", uid), mapping=ended)
-                    store.produced(pipe, uid, stream.client, store.worker)
-                    whose += [stream] * 4
-                pipe.pexpire(store.key("log", uid), ms(ttl))
-                pipe.pexpire(store.key("stream", uid), ms(ttl))
-                whose += [stream, stream]
+            behind, self.behind = self.behind, {}
             try:
-                results = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError) as error:
-                results = [error] * len(whose)
-            failed, reason = {}, {}
-            for stream, result in zip(whose, results, strict=True):
-                if isinstance(result, Exception):
-                    failed[stream.uid], reason[stream.uid] = stream, result
-            for uid, stream in failed.items():
-                # Redis is gone, or another worker ended this answer (its producer
-                # was thought dead): the generation stops, and says why.
-                log.debug("stream %s: its log could not be written: %s", uid[:9], reason[uid])
-                stream.stop(STORE_LOST_REASON)
-            if not self.queue:
+                await self.find_where_logs_stopped(behind)
+            except (RedisError, OSError):
+                self.behind = behind  # Redis is still away
+                continue
+            entries = [entry for entry in batch if entry[0].uid not in behind]
+            for stream in behind.values():  # their frames since the log stopped, again
+                for event_id in range(stream.logged + 1, len(stream.frames) + 1):
+                    frame = stream.frames[event_id - 1]
+                    if frame is not None:
+                        entries.append((stream, stream.names[event_id - 1], event_id, frame, None))
+            await self.write(entries)
+            if not self.queue and not self.behind:
                 self.idle.set()
+
+    async def write(self, entries: list[tuple[LoggedStream, str, int, bytes, int | None]]) -> None:
+        """Append the entries to their logs in one pipeline; a stream whose entries
+        fail is stopped (it says why) and goes on the ``behind`` list."""
+        store = self.store
+        pipe = store.redis.pipeline(transaction=False)
+        streams: dict[str, LoggedStream] = {}
+        whose: list[tuple[LoggedStream, int]] = []  # per command: its stream, its event id
+        for stream, name, event_id, frame, forgotten in entries:
+            log_key = store.key("log", stream.uid)
+            pipe.xadd(log_key, {"e": name, "f": frame}, id=f"0-{event_id}")
+            whose.append((stream, event_id))
+            if forgotten is not None:
+                pipe.xdel(log_key, f"0-{forgotten}")
+                whose.append((stream, 0))
+            streams[stream.uid] = stream
+        for uid, stream in streams.items():
+            ttl = store.ended_ttl() if stream.closed else store.live_ttl()
+            if stream.closed:
+                ended = {"state": "closed", "ended": repr(time.time())}
+                pipe.hset(store.key("stream", uid), mapping=ended)
+                store.produced(pipe, uid, stream.client, store.worker)
+                whose += [(stream, 0)] * 4
+            pipe.pexpire(store.key("log", uid), ms(ttl))
+            pipe.pexpire(store.key("stream", uid), ms(ttl))
+            whose += [(stream, 0)] * 2
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as error:
+            results = [error] * len(whose)
+        failed: set[str] = set()
+        for (stream, event_id), result in zip(whose, results, strict=True):
+            if isinstance(result, Exception):
+                failed.add(stream.uid)
+            elif event_id and stream.uid not in failed:
+                stream.logged = event_id
+        for uid in failed:
+            # Redis is away: the generation stops, and says why; its frames are
+            # written when Redis is back, so that nothing of it is left half-done.
+            stream = streams[uid]
+            stream.stop(STORE_LOST_REASON)
+            if self.too_late(stream):
+                log.warning("stream %s: its log could not be written; given up", uid[:9])
+            else:
+                self.behind[uid] = stream
+
+    async def find_where_logs_stopped(self, behind: dict[str, LoggedStream]) -> None:
+        """Set each stream's ``logged`` to its log's last entry, if that entry is its
+        own; a stream whose log another worker ended meanwhile (it thought this one
+        dead) is left alone."""
+        if not behind:
+            return
+        pipe = self.store.redis.pipeline(transaction=False)
+        for uid in behind:
+            pipe.xrevrange(self.store.key("log", uid), count=1)
+        for (uid, stream), last in zip(list(behind.items()), await pipe.execute(), strict=True):
+            if not last:
+                stream.logged = 0  # the log is gone (Redis came back empty): all again
+                continue
+            entry_id, fields = last[0]
+            event_id = _event_id(entry_id)
+            ours = event_id <= len(stream.frames) and (
+                stream.frames[event_id - 1] == fields[b"f"]
+                or stream.names[event_id - 1] == fields[b"e"].decode() != "close"
+            )
+            if ours:
+                stream.logged = event_id
+            else:
+                del behind[uid]
+
+    def too_late(self, stream: LoggedStream) -> bool:
+        """Whether its keys would have expired by now anyway."""
+        return time.monotonic() - stream.created > self.store.live_ttl()
 
 
 class LogReader:
@@ -1062,7 +1200,10 @@ def _event_id(entry_id: bytes) -> int:
 
 async def check_reachable(url: str) -> str | None:
     """At start: None if Redis answers, else why not, in one line."""
-    client = connect(url, retries=0)
+    try:
+        client = connect(url, retries=0)
+    except ValueError as error:  # a URL option redis-py cannot read
+        return f"Cannot use the Redis URL {public_url(url)}: {error}"
     try:
         await client.ping()
         return None

@@ -394,6 +394,10 @@ class Store:
     def streams(self) -> list[Stream]:
         return list(self._streams.values())
 
+    def status(self) -> str:
+        """ "ok", or why this process cannot serve now (the in-memory store always can)."""
+        return "ok"
+
     async def counts(self) -> dict[str, int]:
         streams = self._streams.values()
         return {
@@ -2219,12 +2223,12 @@ async def vendor_file(request: web.Request) -> web.FileResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """For a load balancer: a 503 when this process cannot serve (its shared store lost)."""
+    store = request.app[STORE]
+    status = store.status()
     return web.json_response(
-        {
-            "status": "ok",
-            "provider": request.app[PROVIDER].name,
-            **await request.app[STORE].counts(),
-        }
+        {"status": status, "provider": request.app[PROVIDER].name, **await store.counts()},
+        status=200 if status == "ok" else 503,
     )
 
 
@@ -2387,8 +2391,9 @@ class Config:
 
     # Several processes: redis_store.py, workers.py.
     redis_url: str | None = setting(
-        None, "keep streams, conversations and limits in this Redis (redis://[:PASSWORD@]"
-        "HOST:PORT/DB), shared by every worker and machine; default: in this process's memory",
+        None, "keep streams, conversations and limits in this Redis (redis://HOST:PORT/DB), "
+        "shared by every worker and machine; a password goes in REDIS_URL, never on the "
+        "command line; default: in this process's memory",
         group=SCALE, env="REDIS_URL", convert=redis_address, metavar="URL", secret=True,
     )  # fmt: skip
     redis_prefix: str = setting(

@@ -45,6 +45,8 @@ class Setting:
     choices: tuple[str, ...] | None = None
     #: The value's name in --help; default: N for a count, SECONDS for a time.
     metavar: str | None = None
+    #: Never shown: not in repr(), nor in the message that refuses a bad value.
+    secret: bool = False
 
 
 def setting(
@@ -65,7 +67,7 @@ def setting(
     field without a flag, or ``secret`` (a URL with a password, say), is kept out
     of ``repr()``.
     """
-    declared = Setting(help, group, env, convert, flag, choices, metavar)
+    declared = Setting(help, group, env, convert, flag, choices, metavar, secret)
     return dataclasses.field(
         default=default, repr=flag and not secret, metadata={"setting": declared}
     )
@@ -244,5 +246,6 @@ def read_settings(
         try:
             values[field.name] = declaration.convert(given)
         except ValueError as problem:
-            parser.error(f"{source}: {given!r} is not valid ({problem})")
+            shown = "the value given" if declaration.secret else repr(given)
+            parser.error(f"{source}: {shown} is not valid ({problem})")
     return values

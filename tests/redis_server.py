@@ -147,3 +147,16 @@ def store_config(request: pytest.FixtureRequest) -> dict[str, Any]:
         return {}
     config: dict[str, Any] = request.getfixturevalue("redis_config")
     return config
+
+
+@pytest.fixture
+def start_workers(start_app: Any, redis_config: dict[str, Any]) -> Any:
+    """``start_workers(n, provider=…, **config)``: n apps sharing one Redis store."""
+
+    async def start(count: int = 2, provider: Any = None, **overrides: Any) -> list[Any]:
+        return [
+            await start_app(provider=provider, **{**redis_config, **overrides})
+            for _ in range(count)
+        ]
+
+    return start

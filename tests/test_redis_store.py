@@ -24,19 +24,6 @@ from tests.test_resume import PIECES, read_events, slow_answer
 from tests.waiting import eventually
 
 
-@pytest.fixture
-def start_workers(start_app, redis_config):
-    """``start_workers(n, provider=…, **config)``: n apps sharing one Redis store."""
-
-    async def start(count=2, provider=None, **overrides):
-        return [
-            await start_app(provider=provider, **{**redis_config, **overrides})
-            for _ in range(count)
-        ]
-
-    return start
-
-
 async def test_a_prompt_posted_to_one_worker_streams_from_another(start_workers):
     a, b = await start_workers(provider=slow_answer())
     uid = await post_prompt(a, "Tell me a story")
@@ -225,6 +212,9 @@ async def test_redis_lost_gives_readable_refusals_and_the_app_recovers_by_itself
     assert STOPPED_BY_SERVER[STORE_LOST_REASON] in ended[-2].data
     assert refused.status == 503
     assert STORE_UNREACHABLE in await refused.text()
+    health = await a.get("/healthz")  # a load balancer sees it too
+    assert health.status == 503
+    assert (await health.json())["status"] == "shared store unreachable"
     produced.close()
 
     own_redis_server.start()
@@ -234,6 +224,7 @@ async def test_redis_lost_gives_readable_refusals_and_the_app_recovers_by_itself
         return response.status == 200
 
     await eventually(answers_again, within=10)
+    assert (await a.get("/healthz")).status == 200
     provider.script = [Answer("fine")]
     uid = await post_prompt(b)
     events, _ = parse_stream(await (await a.get("/response-stream", params={"uid": uid})).text())
