@@ -269,6 +269,7 @@ class RedisStore(Store):
         self.closing = False  # the app is stopping: the background loops end
         self.lost_at: float | None = None  # when Redis started failing, while it does
         self.tasks: set[asyncio.Task[None]] = set()  # work begun in the background
+        self._following: dict[str, FollowedStream] = {}  # the streams it follows, by uid
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -585,8 +586,17 @@ class RedisStore(Store):
 
     def followed(self, uid: str) -> FollowedStream | None:
         """This worker's copy of another worker's stream, if it follows it."""
-        stream = self._streams.get(uid)
-        return stream if isinstance(stream, FollowedStream) else None
+        return self._following.get(uid)
+
+    def following(self) -> list[FollowedStream]:
+        """The streams this worker follows (kept apart: the reader asks for them at
+        every read, and need not look through every stream it produces)."""
+        return list(self._following.values())
+
+    def _forget(self, stream: Stream) -> None:
+        super()._forget(stream)
+        if self._following.get(stream.uid) is stream:
+            del self._following[stream.uid]
 
     async def streams_elsewhere(self, uid: str) -> bool:
         async with self.reachable():
@@ -732,7 +742,7 @@ class RedisStore(Store):
         placeholder = Turn(uid, "", ChatSettings())  # the producer keeps the real one
         followed = FollowedStream(uid, ChatRequest(()), "", placeholder, "")
         followed.listeners = 1
-        self._streams[uid] = followed  # before any await: one copy per worker
+        self._streams[uid] = self._following[uid] = followed  # before any await: one copy
         try:
             for entry_id, fields in await self.redis.xrange(self.key("log", uid)):
                 followed.receive(_event_id(entry_id), fields[b"e"].decode(), fields[b"f"])
@@ -1131,16 +1141,14 @@ class LogReader:
                     newest = await self.redis.xrevrange(self.wake_key, count=1)
                     last_wake = newest[0][0] if newest else b"0-0"
                 keys: dict[Any, Any] = {control_key: last_control, self.wake_key: last_wake}
-                for each in store.streams():
-                    if isinstance(each, FollowedStream):
-                        keys[store.key("log", each.uid)] = f"0-{len(each.frames)}"
+                for each in store.following():
+                    keys[store.key("log", each.uid)] = f"0-{len(each.frames)}"
                 reply = await self.redis.xread(keys, block=READ_BLOCK_MS)
                 wait = 0.1
             except (RedisError, OSError) as error:
                 store.unreachable(error)
-                for each in store.streams():
-                    if isinstance(each, FollowedStream):
-                        each.lost(STOPPED_BY_SERVER[STORE_LOST_REASON])
+                for each in store.following():
+                    each.lost(STOPPED_BY_SERVER[STORE_LOST_REASON])
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 5.0)
                 continue
