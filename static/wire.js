@@ -22,7 +22,7 @@ const wires = new WeakMap();
 function wireOf(stream) {
   let wire = wires.get(stream);
   if (!wire) {
-    wire = { opened: null, rows: [], folded: 0, lastId: "", lost: false, source: null, panel: null, frame: 0 };
+    wire = { opened: null, rows: [], shownFolded: 0, lastId: "", lost: false, source: null, panel: null, frame: 0 };
     wires.set(stream, wire);
   }
   return wire;
@@ -39,8 +39,10 @@ function note(stream, row) {
   row.at = performance.now() - wire.opened;
   wire.rows.push(row);
   if (wire.rows.length > WIRE_MAX_ROWS) {
-    wire.rows.shift();
-    wire.folded += 1;
+    const gone = wire.rows.shift();
+    if (!gone.drawn) {
+      wire.shownFolded = (wire.shownFolded ?? 0) + 1; // never drawn: folded all the same
+    }
   }
   if (showingWire()) {
     wire.frame ||= requestAnimationFrame(() => draw(stream));
@@ -128,18 +130,28 @@ function draw(stream) {
   }
   const list = wire.panel.querySelector(".wire-list");
   const folded = wire.panel.querySelector(".wire-folded");
-  folded.textContent = wire.folded ? `${wire.folded} earlier messages folded away` : "";
-  folded.hidden = !wire.folded;
   // Follow the newest message, unless the reader scrolled up in the panel.
   const panel = wire.panel;
   const atEnd = panel.scrollHeight - panel.scrollTop - panel.clientHeight < 40;
-  list.replaceChildren(...wire.rows.map(rowElement));
+  // Only the rows not drawn yet are made; the oldest go past the cap. A fast
+  // model sends hundreds of messages a second: redrawing all would cost more
+  // than the answer itself.
+  list.append(...wire.rows.filter((row) => !row.drawn).map(rowElement));
+  let dropped = 0;
+  while (list.childElementCount > WIRE_MAX_ROWS) {
+    list.firstElementChild.remove();
+    dropped += 1;
+  }
+  wire.shownFolded = (wire.shownFolded ?? 0) + dropped;
+  folded.textContent = `${wire.shownFolded.toLocaleString()} earlier messages folded away`;
+  folded.hidden = !wire.shownFolded;
   if (atEnd) {
     panel.scrollTop = panel.scrollHeight;
   }
 }
 
 function rowElement(row) {
+  row.drawn = true;
   const item = document.createElement("li");
   item.className = `wire-row wire-${row.kind}`;
   const at = document.createElement("span");

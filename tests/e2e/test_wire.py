@@ -101,3 +101,23 @@ async def test_the_wire_toggle_is_remembered_and_hides_the_panel(tab, serve_app)
     await tab.page.reload()
     await expect(tab.page.get_by_label("Show the wire")).to_be_checked()
     assert not tab.problems()
+
+
+async def test_a_long_stream_keeps_the_panel_capped_and_says_how_many_it_folded(tab, serve_app):
+    words = [Answer(f"word{n} ") for n in range(300)]
+    served = await serve_app(ScriptedProvider(words), **ONE_BY_ONE)
+    sent = await events_sent(served.url, "Many words")
+    await tab.open(served.url)
+    await tab.page.get_by_label("Show the wire").check()
+    await tab.submit("Many words")
+    await tab.turn_ended()
+    panel = tab.turn.locator(".wire")
+    await expect(panel.locator(".wire-message").last).to_have_attribute("data-event", "close")
+
+    shown = await wire_rows(tab)
+    folded = await panel.locator(".wire-folded").text_content() or ""
+    count = int(folded.split()[0].replace(",", ""))
+    assert len(await panel.locator(".wire-row").all()) == 200  # the cap, notes included
+    assert shown == [(event.event, f"id {event.id}") for event in sent][-len(shown) :]
+    assert count + len(shown) == len(sent) + 1  # every message, and the "Connected" note
+    assert not tab.problems()
