@@ -29,6 +29,8 @@ Keys (each under ``--redis-prefix``; every one expires):
 =======================  ====================================================
 ``conv:{cid}``           a conversation, as JSON (``--conversation-ttl``)
 ``convs``                conversation ids by last use (``--max-conversations``)
+``chars``                hash: conversation id -> its characters
+``chars-total``          all conversations' characters (``--max-kept-chars``)
 ``stream:{uid}``         hash: state (pending, producing, closed), client,
                          conversation, turn, request, producer, listeners
 ``log:{uid}``            Redis stream: the answer's SSE frames
@@ -106,7 +108,7 @@ LOG_LAG_S = 0.5  # how far a log may lag behind what its producer's listeners sa
 READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long at most, then asks again
 CONTROL_KEPT = 10_000  # control messages kept (about): older ones are trimmed
 SETTLE_S = 1.0  # a finished log outlives the grace period by this much
-POOL_SIZE = 32  # connections to Redis per worker (its reader has one more of its own)
+POOL_SIZE = 32  # connections per worker for requests (reader, writer, heartbeat: one each)
 CLOSE_S = 2.0  # at shutdown, how long the background loops may take to end
 DRAIN_S = 5.0  # at shutdown, how long the last frames may take to be written
 RETRY_S = 1.0  # how often frames that could not be written are tried again
@@ -252,6 +254,14 @@ class FollowedStream(Stream):
 # --- the store ----------------------------------------------------------------------------
 
 
+class LateStart(Exception):
+    """A prompt opened after it stopped counting: the limits must be counted first."""
+
+    def __init__(self, client: str) -> None:
+        super().__init__(client)
+        self.client = client
+
+
 class RedisStore(Store):
     """server.Store's interface, with every worker's streams, conversations and limits
     in one Redis. The in-memory parts of Store remain for what is this worker's own:
@@ -264,6 +274,9 @@ class RedisStore(Store):
         self.prefix = config.redis_prefix
         self.worker = secrets.token_hex(6)
         self.redis = connect(self.url)
+        # The heartbeat's own connection: however busy the pool, it is never late
+        # (a worker whose heartbeat stops is taken for dead, and its answers ended).
+        self.beat = connect(self.url, pool_size=1)
         self.writer = LogWriter(self)
         self.reader = LogReader(self)
         self.closing = False  # the app is stopping: the background loops end
@@ -304,7 +317,8 @@ class RedisStore(Store):
             await self.redis.delete(self.key("wake", self.worker))
             await self.redis.zrem(self.key("workers"), self.worker)
         await self.reader.close()
-        await self.redis.aclose()
+        for client in (self.writer.redis, self.beat, self.redis):
+            await client.aclose()
 
     @asynccontextmanager
     async def reachable(self) -> AsyncIterator[None]:
@@ -453,8 +467,13 @@ class RedisStore(Store):
         self, form: PromptForm, settings: ChatSettings, client: str
     ) -> tuple[Conversation, Turn, bool]:
         config = self.config
+        # The limits count every worker's answers (not watched: two workers may both
+        # let one more in at the same moment, never more than that). Counted before
+        # the transaction: a request holds one pooled connection at a time, so that
+        # no number of requests at once can leave them all waiting for a second.
+        room, stale = await self.shared_room(client)
         async with self.redis.pipeline(transaction=True) as pipe:
-            conversation, given_way = None, []
+            conversation, given_way, old_chars = None, [], 0
             if form.conversation:
                 key = self.key("conv", form.conversation)
                 await pipe.watch(key)
@@ -462,19 +481,18 @@ class RedisStore(Store):
                 if raw is None:
                     raise Refusal(404, CONVERSATION_GONE)
                 conversation = conversation_from_json(raw)
+                old_chars = conversation.chars()
                 given_way = await self._let_go_of_unopened_turns(pipe, conversation)
                 if conversation.streaming:
                     raise Refusal(409, STILL_STREAMING)
             earlier = self.earlier_turns(conversation, form)
-            # The limits count every worker's answers (not watched: two workers may
-            # both let one more in at the same moment, never more than that).
-            room, stale = await self.shared_room(client)
-            making_room = self.limits.check_room(room, lambda: stale)
-            making_room_of = await self._clients_of(making_room)
-            for uid in making_room:  # if one is opened meanwhile, this all starts again
-                await pipe.watch(self.key("stream", uid))
-                if await pipe.hget(self.key("stream", uid), "state") != b"pending":
+            making_room_of = []
+            for uid in self.limits.check_room(room, lambda: stale):
+                await pipe.watch(self.key("stream", uid))  # if opened meanwhile: again
+                state, its_client = await pipe.hmget(self.key("stream", uid), "state", "client")
+                if state != b"pending":
                     raise WatchError("a prompt that was to make room was opened")
+                making_room_of.append((uid, its_client.decode()))
 
             new = conversation is None
             if conversation is None:
@@ -488,7 +506,7 @@ class RedisStore(Store):
                 pipe.zrem(self.key("pending"), uid)
                 pipe.zrem(self.key("pending", its_client), uid)
                 pipe.delete(self.key("stream", uid))
-            self._save(pipe, conversation)
+            self._save(pipe, conversation, old_chars)
             pipe.hset(
                 self.key("stream", turn.uid),
                 mapping={
@@ -509,15 +527,19 @@ class RedisStore(Store):
         await self._bound_conversations()
         return conversation, turn, new
 
-    def _save(self, pipe: Any, conversation: Conversation) -> None:
+    def _save(self, pipe: Any, conversation: Conversation, old_chars: int) -> None:
+        """Keep the conversation (it had ``old_chars`` characters before), and what the
+        bounds count: its last use, its characters, everyone's characters."""
+        chars = conversation.chars()
         pipe.set(
             self.key("conv", conversation.cid),
             conversation_to_json(conversation),
             px=ms(self.config.conversation_ttl),
         )
         pipe.zadd(self.key("convs"), {conversation.cid: time.time()})
-        pipe.hset(self.key("chars"), conversation.cid, conversation.chars())
-        for key in ("convs", "chars"):
+        pipe.hset(self.key("chars"), conversation.cid, chars)
+        pipe.incrby(self.key("chars-total"), chars - old_chars)
+        for key in ("convs", "chars", "chars-total"):
             pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
 
     async def _let_go_of_unopened_turns(
@@ -540,36 +562,39 @@ class RedisStore(Store):
                 given_way.append((turn.uid, client.decode()))
         return given_way
 
-    async def _clients_of(self, uids: list[str]) -> list[tuple[str, str]]:
-        """Each prompt's uid with its client (a prompt already gone is left out)."""
-        pairs = []
-        for uid in uids:
-            client = await self.redis.hget(self.key("stream", uid), "client")
-            pairs.append((uid, client.decode() if client else ""))
-        return pairs
-
     async def _bound_conversations(self) -> None:
         """Past --max-conversations or --max-kept-chars, forget the least recently
-        used conversations (never one whose answer is streaming, nor the newest)."""
+        used conversations (never one whose answer is streaming, nor the newest).
+        Within the bounds, the usual case, this costs a few commands."""
         config, redis = self.config, self.redis
-        convs, chars = self.key("convs"), self.key("chars")
-        expired = await redis.zrangebyscore(convs, "-inf", time.time() - config.conversation_ttl)
-        if expired:  # gone by their own expiry: out of the index too
-            await redis.zrem(convs, *expired)
-            await redis.hdel(chars, *expired)
-        kept = {cid: int(count) for cid, count in (await redis.hgetall(chars)).items()}
-        total = sum(kept.values())
-        oldest_first = await redis.zrange(convs, 0, -2)  # all but the newest
-        for cid in oldest_first:
-            if len(kept) <= config.max_conversations and total <= config.max_kept_chars:
+        convs, total = self.key("convs"), self.key("chars-total")
+        expired = await redis.zrangebyscore(
+            convs, "-inf", time.time() - config.conversation_ttl, start=0, num=100
+        )
+        for cid in expired:  # gone by their own expiry: out of the counts too
+            await self._forget_conversation(cid)
+        count, kept = await redis.zcard(convs), int(await redis.get(total) or 0)
+        if count <= config.max_conversations and kept <= config.max_kept_chars:
+            return
+        for cid in await redis.zrange(convs, 0, -2):  # oldest first, all but the newest
+            if count <= config.max_conversations and kept <= config.max_kept_chars:
                 return
-            conversation = await self._conversation(cid.decode())
-            if conversation is not None and conversation.streaming:
+            raw = await redis.get(self.key("conv", cid.decode()))
+            if raw is not None and conversation_from_json(raw).streaming:
                 continue
-            await redis.delete(self.key("conv", cid.decode()))
-            await redis.zrem(convs, cid)
-            await redis.hdel(chars, cid)
-            total -= kept.pop(cid, 0)
+            kept -= await self._forget_conversation(cid)
+            count -= 1
+
+    async def _forget_conversation(self, cid: bytes) -> int:
+        """Forget a conversation, and its characters from the count; how many."""
+        chars = int(await self.redis.hget(self.key("chars"), cid) or 0)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key("conv", cid.decode()))
+        pipe.zrem(self.key("convs"), cid)
+        pipe.hdel(self.key("chars"), cid)
+        pipe.decrby(self.key("chars-total"), chars)
+        await pipe.execute()
+        return chars
 
     def live_ttl(self) -> float:
         """How long a stream's keys live while it may still be producing."""
@@ -649,10 +674,15 @@ class RedisStore(Store):
             stream, position = await super().claim(uid, last_event_id, start)
             await self._listened(uid, 1)
             return stream, position
+        room = None
         try:
             for _ in range(RETRIES):
-                with suppress(WatchError):
-                    return await self._claim_shared(uid, last_event_id, start)
+                try:
+                    return await self._claim_shared(uid, last_event_id, start, room)
+                except WatchError:
+                    continue
+                except LateStart as late:  # counted outside the transaction, then again
+                    room = (await self.shared_room(late.client))[0]
         except (RedisError, OSError) as error:
             self.unreachable(error)
             raise NotClaimable(STORE_UNREACHABLE) from None
@@ -663,6 +693,7 @@ class RedisStore(Store):
         uid: str,
         last_event_id: int | None,
         start: Callable[[Stream], Coroutine[Any, Any, None]],
+        room: Room | None,
     ) -> tuple[Stream, int]:
         key = self.key("stream", uid)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -677,7 +708,9 @@ class RedisStore(Store):
                     raise NotClaimable(UNKNOWN_UID)
                 client = fields[b"client"].decode()
                 if time.time() - posted >= PENDING_COUNTS_S:  # it stopped counting
-                    late = self.limits.started_late((await self.shared_room(client))[0])
+                    if room is None:
+                        raise LateStart(client)
+                    late = self.limits.started_late(room)
                     if late is not None:
                         raise NotClaimable(late)
                 now = time.time()
@@ -828,11 +861,12 @@ class RedisStore(Store):
             if raw is None:
                 return
             conversation = conversation_from_json(raw)
+            old_chars = conversation.chars()
             conversation.turns = [
                 turn if kept.uid == turn.uid else kept for kept in conversation.turns
             ]
             pipe.multi()
-            self._save(pipe, conversation)
+            self._save(pipe, conversation, old_chars)
             await pipe.execute()
         await self._bound_conversations()
 
@@ -873,7 +907,7 @@ class RedisStore(Store):
         """Say this worker is alive; end the answers of workers that are not."""
         while not self.closing:
             try:
-                pipe = self.redis.pipeline(transaction=False)
+                pipe = self.beat.pipeline(transaction=False)
                 pipe.zadd(self.key("workers"), {self.worker: time.time()})
                 pipe.pexpire(self.key("workers"), ms(self.live_ttl()))
                 await pipe.execute()
@@ -985,6 +1019,8 @@ class LogWriter:
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        # Its own connection: busy requests never keep an answer's frames waiting.
+        self.redis = connect(store.url, pool_size=1)
         self.queue: list[tuple[LoggedStream, str, int, bytes, int | None]] = []
         self.ready = asyncio.Event()
         self.idle = asyncio.Event()
@@ -1036,7 +1072,7 @@ class LogWriter:
         """Append the entries to their logs in one pipeline; a stream whose entries
         fail is stopped (it says why) and goes on the ``behind`` list."""
         store = self.store
-        pipe = store.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         streams: dict[str, LoggedStream] = {}
         whose: list[tuple[LoggedStream, int]] = []  # per command: its stream, its event id
         for stream, name, event_id, frame, forgotten in entries:
@@ -1083,7 +1119,7 @@ class LogWriter:
         dead) is left alone."""
         if not behind:
             return
-        pipe = self.store.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for uid in behind:
             pipe.xrevrange(self.store.key("log", uid), count=1)
         for (uid, stream), last in zip(list(behind.items()), await pipe.execute(), strict=True):
@@ -1176,7 +1212,9 @@ class LogReader:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def connect(url: str, socket_timeout: float = 5.0, retries: int = 1) -> Any:
+def connect(
+    url: str, socket_timeout: float = 5.0, retries: int = 1, pool_size: int = POOL_SIZE
+) -> Any:
     """A client for ``url`` (typed Any: redis-py's replies are not typed by command).
 
     Its connections come from a pool of at most POOL_SIZE: a request that finds
@@ -1186,7 +1224,7 @@ def connect(url: str, socket_timeout: float = 5.0, retries: int = 1) -> Any:
     """
     pool = redis.BlockingConnectionPool.from_url(
         url,
-        max_connections=POOL_SIZE,
+        max_connections=pool_size,
         timeout=socket_timeout,
         protocol=2,
         socket_timeout=socket_timeout,

@@ -117,6 +117,10 @@ async def test_gunicorn_workers_answer_every_prompt_exactly(redis_server, redis_
                 return shows_answer(events, demo_answer(prompt)) and events[-1].event == "close"
 
             results = await asyncio.gather(*(ask(prompt) for prompt in prompts))
+        for _ in range(100):  # gunicorn's own log lines come when they come
+            if read_log().count("Booting worker with pid") == 2:
+                break
+            await asyncio.sleep(0.1)
         booted = read_log().count("Booting worker with pid")
     assert all(results)
     assert booted == 2

@@ -52,4 +52,8 @@ async def test_a_conversation_on_two_workers_survives_reloads_and_stops(
         await ended(tab)
         await expect(tab.turn).to_contain_text("You stopped the answer here.")
         assert not tab.problems()
+        for _ in range(100):  # gunicorn's own log lines come when they come
+            if read_log().count("Booting worker with pid") == 2:
+                break
+            await asyncio.sleep(0.1)
         assert read_log().count("Booting worker with pid") == 2
