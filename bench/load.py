@@ -98,8 +98,11 @@ class Received:
     directive: Directive
     direct: bool
     posted_ns: int = 0
+    uid: str | None = None  # the relay's, from the POST's snippet
+    opened_ns: int | None = None  # when the GET's response headers arrived (held streams)
     blocks: list[tuple[int, bytes]] = field(default_factory=list)
     dropped_ns: int | None = None  # when the client let go on purpose
+    stopped_ns: int | None = None  # when the client sent POST /stop for it
     failure: str | None = None  # what went wrong on the client's side
 
     def events(self) -> list[tuple[int, str, str]]:
@@ -221,6 +224,16 @@ class Received:
     def ok(self) -> bool:
         return self.failure is None and not self.errors() and self.ended() and self.exact()
 
+    def problem(self) -> str | None:
+        """Why ``ok`` is false, in a few words (None if it is true)."""
+        if self.failure is not None:
+            return self.failure
+        if self.errors():
+            return f"error: {self.errors()[0][:80]}"
+        if not self.ended():
+            return "no close"
+        return None if self.exact() else "not exact"
+
 
 def _content(data: str) -> str:
     if data == "[DONE]":
@@ -250,9 +263,29 @@ async def open_stream(
         snippet = await posted.text()
         if posted.status != 200 or STREAM_URL not in snippet:
             raise Refused(f"{posted.status}: {snippet[:120]}")
-    return await session.get(
-        f"{target.base}/response-stream", params={"uid": uid_from_snippet(snippet)}
-    )
+    received.uid = uid_from_snippet(snippet)
+    return await session.get(f"{target.base}/response-stream", params={"uid": received.uid})
+
+
+async def read_first_event(response: aiohttp.ClientResponse, received: Received) -> int:
+    """Read blocks (kept as ``read_blocks`` keeps them) up to the first one with an
+    ``id:``; that event's id."""
+    while True:
+        block = await response.content.readuntil(BLOCK_END)
+        if not block.endswith(BLOCK_END):
+            raise Refused(f"the stream ended before its first event: {block[:120]!r}")
+        received.blocks.append((time.monotonic_ns(), block[: -len(BLOCK_END)]))
+        for line in block.split(b"\n"):
+            if line.startswith(b"id:"):
+                return int(line[3:])
+
+
+async def stop(session: aiohttp.ClientSession, target: Target, received: Received) -> None:
+    """The Stop button: ``POST /stop?uid=`` for the stream, its sending time noted."""
+    received.stopped_ns = time.monotonic_ns()
+    async with session.post(f"{target.base}/stop", params={"uid": received.uid or ""}) as done:
+        if done.status != 204:
+            raise Refused(f"stop: {done.status}")
 
 
 async def read_blocks(response: aiohttp.ClientResponse, received: Received) -> None:
@@ -308,6 +341,93 @@ async def run_many(
         return list(received), time.perf_counter() - started
 
 
+async def burst_of_gets(target: Target, directives: Sequence[Directive]) -> list[Received]:
+    """Every prompt posted first, one after another; then all their first GETs at
+    once, each read to its end (``CONNECT_LIMIT_S`` at most)."""
+    received = [Received(directive, target.direct) for directive in directives]
+    async with new_session() as session:
+        for each in received:
+            prompt = each.directive.prompt()
+            async with session.post(
+                f"{target.base}/process_prompt", data={"prompt": prompt}
+            ) as posted:
+                snippet = await posted.text()
+            if posted.status != 200 or STREAM_URL not in snippet:
+                raise Refused(f"{posted.status}: {snippet[:120]}")
+            each.uid = uid_from_snippet(snippet)
+
+        async def get(each: Received) -> None:
+            each.posted_ns = time.monotonic_ns()
+            try:
+                async with asyncio.timeout(CONNECT_LIMIT_S):
+                    url = f"{target.base}/response-stream"
+                    async with session.get(url, params={"uid": each.uid or ""}) as response:
+                        await read_blocks(response, each)
+            except TimeoutError:
+                each.failure = f"no end after {CONNECT_LIMIT_S:g} s"
+            except (aiohttp.ClientError, OSError) as problem:
+                each.failure = f"{type(problem).__name__}: {problem}"
+
+        await asyncio.gather(*(get(each) for each in received))
+    return received
+
+
+async def run_pair(
+    session: aiohttp.ClientSession,
+    producer: Target,
+    follower: Target,
+    directive: Directive,
+    limit_s: float,
+    start_after_s: float = 0.0,
+) -> tuple[Received, Received]:
+    """One answer read twice, as two browsers: through ``producer`` (the POST and
+    the first GET: that process produces the answer) and through ``follower``, with
+    ``Last-Event-ID`` of the first event the producer's reader got, as a browser
+    that reconnects to another process on the same Redis."""
+    await asyncio.sleep(start_after_s)
+    first = Received(directive, producer.direct)
+    second = Received(directive, follower.direct)
+    try:
+        async with asyncio.timeout(limit_s):
+            response = await open_stream(session, producer, first)
+            async with response:
+                event_id = await read_first_event(response, first)
+                following = await session.get(
+                    f"{follower.base}/response-stream",
+                    params={"uid": first.uid or ""},
+                    headers={"Last-Event-ID": str(event_id)},
+                )
+                async with following:
+                    await asyncio.gather(
+                        read_blocks(response, first), read_blocks(following, second)
+                    )
+    except TimeoutError:
+        first.failure = second.failure = f"no end after {limit_s:g} s"
+    except (aiohttp.ClientError, OSError, Refused) as problem:
+        first.failure = second.failure = f"{type(problem).__name__}: {problem}"
+    return first, second
+
+
+async def run_pairs(
+    producer: Target,
+    follower: Target,
+    directives: Sequence[Directive],
+    limit_s: float,
+    spread_s: float = 0.0,
+) -> list[tuple[Received, Received]]:
+    """``run_pair`` for every directive, the starts spread as in ``run_many``."""
+    step = spread_s / max(1, len(directives))
+    async with new_session() as session:
+        return list(
+            await asyncio.gather(
+                *(
+                    run_pair(session, producer, follower, directive, limit_s, n * step)
+                    for n, directive in enumerate(directives)
+                )
+            )
+        )
+
+
 async def round_trips(
     target: Target, workers: int, seconds: float, directive: Directive, limit_s: float
 ) -> tuple[int, int]:
@@ -329,17 +449,18 @@ async def round_trips(
 class HeldStreams:
     """Many streams opened and kept open until ``drop_all``, as browsers that stay.
 
-    Opening is paced (``OPENING_AT_ONCE``) and bounded by ``open_limit_s`` per
-    stream; a stream that cannot be opened in time is counted, not retried.
+    Opening is paced (``at_once`` streams opening at a time, ``OPENING_AT_ONCE``
+    unless told) and bounded by ``open_limit_s`` per stream; a stream that cannot
+    be opened in time is counted, not retried.
     """
 
-    def __init__(self, target: Target, open_limit_s: float) -> None:
+    def __init__(self, target: Target, open_limit_s: float, at_once: int = OPENING_AT_ONCE) -> None:
         self.target = target
         self.open_limit_s = open_limit_s
         self.streams: list[Received] = []
         # Each open stream's response, what it received, and the task reading it.
         self._open: list[tuple[aiohttp.ClientResponse, Received, asyncio.Task[None]]] = []
-        self._opening = asyncio.Semaphore(OPENING_AT_ONCE)
+        self._opening = asyncio.Semaphore(at_once)
         self._session = new_session()
 
     async def open(self, directives: Sequence[Directive], deadline: float) -> None:
@@ -360,6 +481,7 @@ class HeldStreams:
             except (aiohttp.ClientError, OSError, Refused) as problem:
                 received.failure = f"{type(problem).__name__}: {problem}"
                 return
+        received.opened_ns = time.monotonic_ns()
         reader = asyncio.create_task(self._read(response, received))
         self._open.append((response, received, reader))
 
@@ -381,6 +503,30 @@ class HeldStreams:
             and not stream.errors()
             and any(ns >= since_ns for ns, _ in stream.chunks())
         ]
+
+    async def stop_each(self, stopper: Target, spread_s: float) -> None:
+        """A ``POST /stop`` for every open stream, sent to ``stopper``, the stops
+        spread evenly over ``spread_s``; each stop's failure is the stream's."""
+        opened = [received for _, received, _ in self._open]
+        step = spread_s / max(1, len(opened))
+
+        async def stop_one(received: Received, after_s: float) -> None:
+            await asyncio.sleep(after_s)
+            try:
+                async with asyncio.timeout(self.open_limit_s):
+                    await stop(self._session, stopper, received)
+            except TimeoutError:
+                received.failure = "stop not answered in time"
+            except (aiohttp.ClientError, OSError, Refused) as problem:
+                received.failure = f"{type(problem).__name__}: {problem}"
+
+        await asyncio.gather(*(stop_one(each, n * step) for n, each in enumerate(opened)))
+
+    async def ends(self, limit_s: float) -> None:
+        """Wait until every open stream has ended by itself (``limit_s`` at most)."""
+        readers = [reader for _, _, reader in self._open]
+        if readers:
+            await asyncio.wait(readers, timeout=limit_s)
 
     async def drop_all(self) -> None:
         """Every client leaves at once: each connection is closed, its time noted."""

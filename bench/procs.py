@@ -7,7 +7,12 @@ its upstream's) and is told by the kernel to stop when the benchmark dies
 
 CPU time and memory are read from ``/proc``: ``utime + stime`` of
 ``/proc/PID/stat`` (all threads, in clock ticks) and ``VmRSS`` of
-``/proc/PID/status``.
+``/proc/PID/status``. A server with worker processes (``server.py --workers
+N``: gunicorn's arbiter and the workers it forked) counts as the sum of the
+arbiter and its live children (``/proc/PID/task/PID/children``).
+
+``RedisServer`` runs Debian's ``redis-server`` the same way, on a loopback
+port, with nothing saved to disk.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -30,6 +38,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_LIMIT_S = 15.0  # a server that has not answered by then failed to start
 READY_POLL_S = 0.05
 STOP_LIMIT_S = 8.0  # a server gets this long to end after SIGTERM, then it is killed
+REDIS_COMMAND_S = 5.0  # a command to the benchmark's own Redis fails after this long
 # Fields 14 and 15 of /proc/PID/stat (1-based), counted after the ")" that ends
 # the command name, which may itself hold spaces.
 UTIME_AFTER_NAME = 11
@@ -57,14 +66,16 @@ def free_port() -> int:
 class Process:
     """One server the benchmark runs: its command, its port, its log file."""
 
-    def __init__(self, name: str, args: list[str], port: int, log_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], port: int, log_dir: Path, program: str = sys.executable
+    ) -> None:
         self.name = name
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("wb") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, *args],
+                [program, *args],
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -90,14 +101,30 @@ class Process:
         self.stop()
         raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
 
+    def workers(self) -> list[int]:
+        """The pids of its live child processes (gunicorn's workers); none for one process."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
+
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """Its CPU time so far, and its live workers'."""
+        return sum(_or_zero(cpu_seconds, pid) for pid in [self.pid, *self.workers()])
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """Its resident memory, and its live workers'."""
+        return int(sum(_or_zero(rss_bytes, pid) for pid in [self.pid, *self.workers()]))
+
+    def log_lines(self, text: str) -> int:
+        """How many lines of its log hold ``text``."""
+        with self.log_path.open("rb") as log:
+            return sum(text.encode() in line for line in log)
+
+    def open_files(self) -> list[int]:
+        """Open files of each serving process: the workers, or the process itself."""
+        return [int(_or_zero(open_files, pid)) for pid in self.workers() or [self.pid]]
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -107,6 +134,61 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+
+class RedisServer(Process):
+    """``redis-server`` on a free loopback port: nothing saved, no password, its own
+    log; its own CPU time and ``INFO memory`` for the figures."""
+
+    def __init__(self, name: str, port: int, log_dir: Path) -> None:
+        args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(log_dir)]
+        super().__init__(name, args, port, log_dir, program="redis-server")
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=REDIS_COMMAND_S)
+
+    def wait_ready(self, path: str = "") -> None:
+        deadline = time.monotonic() + READY_LIMIT_S
+        while time.monotonic() < deadline and self.popen.poll() is None:
+            with contextlib.suppress(redis.RedisError):
+                self.client.ping()
+                return
+            time.sleep(READY_POLL_S)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
+
+    def used_memory(self) -> int:
+        """``used_memory`` of ``INFO memory``: the bytes Redis's allocator holds for data."""
+        return int(self.client.info("memory")["used_memory"])
+
+    def keys_without_expiry(self) -> list[str]:
+        """Every key that has no time to live (``PTTL`` -1): the app means each to expire."""
+        return [
+            key.decode() for key in self.client.scan_iter(count=1000) if self.client.pttl(key) == -1
+        ]
+
+    def stop(self) -> None:
+        self.client.close()
+        super().stop()
+
+
+def _or_zero(read: Callable[[int], float], pid: int) -> float:
+    """``read(pid)``, or 0 for a process that ended meanwhile."""
+    try:
+        return read(pid)
+    except OSError:
+        return 0
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def cpu_seconds(pid: int) -> float:

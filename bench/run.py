@@ -51,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -60,7 +60,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench import browser, scenarios, table  # noqa: E402
 from bench.load import Target, collector_paused, run_many  # noqa: E402
-from bench.procs import OtherLoad, Process, free_port, raise_open_file_limit  # noqa: E402
+from bench.procs import (  # noqa: E402
+    READY_LIMIT_S,
+    READY_POLL_S,
+    OtherLoad,
+    Process,
+    RedisServer,
+    free_port,
+    raise_open_file_limit,
+)
 from bench.protocol import Directive, markdown_answer, markdown_tokens  # noqa: E402
 
 #: The app with every limit out of the way: the benchmark is one client IP
@@ -90,7 +98,32 @@ BROWSER_TOKENS_PER_S = 1000
 S2_SPREAD_S = 1.0
 MD_WARM_UP_STREAMS = 4
 #: The sections ``--only`` can pick, in the order of a whole run.
-SECTIONS = ("s1", "s2", "first-text", "s4", "release", "browser", "markdown", "s3")
+SECTIONS = ("s1", "s2", "first-text", "s4", "release", "browser", "markdown", "s3", "redis")
+#: Held streams on a Redis app open this many at a time (64 elsewhere): from 32
+#: first GETs at once, one worker's claims take every connection of its Redis
+#: pool and wait for a second one, and the GETs are refused after 5 s (see
+#: bench/README.md, "Redis"). The in-memory app's rows beside them open alike.
+REDIS_OPENING_AT_ONCE = 16
+#: Conversations kept, for the Redis held streams: past --max-conversations each
+#: prompt reads every streaming conversation's keys (bench/README.md, "Redis").
+MANY_CONVERSATIONS = ["--max-conversations", "1000000"]
+#: The first GETs of a burst, all at once on one process.
+BURST_GETS = 64
+#: Lines the Redis apps' logs are searched for, by the name of the figure.
+STORE_WARNINGS = {
+    # Said by a worker that found no heartbeat of the worker producing an answer.
+    "ended_as_orphans": "its worker stopped; ended it",
+    # A request or background loop found every connection of the Redis pool taken.
+    "no_connection": "No connection available",
+    # An answer's end could not be written into its conversation.
+    "not_kept": "its answer could not be kept",
+}
+#: Before looking for Redis keys without an expiry: the app's last writes land.
+STORE_SETTLE_S = 1.0
+#: The Stop button: its answers' pace, and how many stops, spread over how long.
+STOP_DELAY = 0.5
+STOP_STREAMS = 100
+STOP_SPREAD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,9 @@ class Plan:
     md_streams: int  # the Markdown answer, this many at once on each app
     md_delay: float  # seconds per token: a model's pace (4,036 tokens: 81 s at 20 ms)
     md_w0_streams: int  # for the bytes with --answer-window 0, at full speed
+    redis_release_size: int  # upstream release through Redis, this many streams
+    redis_s3_size: int  # held streams on --workers 2 with Redis
+    redis_s3_ramp_s: float
     limit_s: float  # the whole run, at most
 
 
@@ -141,7 +177,10 @@ FULL = Plan(
     md_streams=20,
     md_delay=0.02,
     md_w0_streams=5,
-    limit_s=900.0,
+    redis_release_size=1000,
+    redis_s3_size=10000,
+    redis_s3_ramp_s=120.0,
+    limit_s=1500.0,
 )
 #: The same scenarios, smaller and once each: under a minute.
 QUICK = replace(
@@ -154,7 +193,9 @@ QUICK = replace(
     s4_seconds=2.0,
     browser_seconds=2.0,
     md_delay=0.01,  # 100 tokens/s (a fast hosted model): the answer in 40 s
-    limit_s=300.0,
+    redis_s3_size=1000,
+    redis_s3_ramp_s=20.0,
+    limit_s=450.0,
 )
 
 
@@ -180,14 +221,34 @@ class Servers:
         window: float | None = DEFAULT_WINDOW,
         hold: bool = False,
         plain: bool = False,
+        store: RedisServer | None = None,
+        prefix: str | None = None,
+        workers: int = 1,
+        more: Sequence[str] = (),
     ) -> Process:
         """The app; ``hold``: with its default reasoning hold (see ``APP_FLAGS``);
-        ``plain``: the answer streamed as text (``--plain-stream``), not rendered."""
+        ``plain``: the answer streamed as text (``--plain-stream``), not rendered;
+        ``store``: on that Redis, its keys under ``prefix`` (the name unless told),
+        with ``workers`` worker processes; ``more``: other flags."""
         window_flags = [] if window is None else ["--answer-window", str(window)]
         flags = LIMITS_LIFTED if hold else APP_FLAGS
         base_url = ["--base-url", f"{self.upstream.base}/v1"]
         plain_flag = ["--plain-stream"] if plain else []
-        return self._start(name, ["server.py", *flags, *base_url, *window_flags, *plain_flag])
+        shared = []
+        if store is not None:
+            shared = ["--redis-url", store.url, "--redis-prefix", prefix or name]
+            shared += ["--workers", str(workers)]
+        args = [*flags, *base_url, *window_flags, *plain_flag, *shared, *more]
+        process = self._start(name, ["server.py", *args])
+        wait_for_workers(process, workers)
+        return process
+
+    def redis(self, name: str) -> RedisServer:
+        """A redis-server of this run's own, on a free loopback port."""
+        store = RedisServer(name, free_port(), self.log_dir)
+        self.running.append(store)
+        store.wait_ready()
+        return store
 
     def peer(self) -> Process:
         return self._start(
@@ -202,6 +263,23 @@ class Servers:
         for process in reversed(self.running):
             process.stop()
         self.running.clear()
+
+
+def wait_for_workers(process: Process, workers: int) -> None:
+    """With ``--workers N``, until gunicorn has forked all N (its first already answers)."""
+    if workers == 1:
+        return
+    deadline = time.monotonic() + READY_LIMIT_S
+    while len(process.workers()) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{process.name}: {workers} workers did not start")
+        time.sleep(READY_POLL_S)
+
+
+def store_warnings(apps: Iterable[Process]) -> dict[str, int]:
+    """Each of ``STORE_WARNINGS``: how many lines of these apps' logs say it."""
+    apps = list(apps)
+    return {name: sum(app.log_lines(text) for app in apps) for name, text in STORE_WARNINGS.items()}
 
 
 def target(process: Process) -> Target:
@@ -255,11 +333,13 @@ class Bench:
         self.figures: dict = {"plan": asdict(plan), "other_load": {}}
         self.processes: dict[str, Process] = {}
         self.targets: dict[str, Target] = {"floor": servers.upstream_target}
+        self.store: RedisServer | None = None  # the Redis of the Redis rows, while they run
+        self.redis_apps: dict[str, Process] = {}
         self._started = time.monotonic()
 
     async def run(self) -> dict:
         only = self.only
-        if {"s1", "s2", "s4", "release", "browser"} & set(only):
+        if {"s1", "s2", "s4", "release", "browser", "redis"} & set(only):
             await self.start_relays()
         if "s1" in only:
             await self.section("s1", ["app", "app-w0", "peer"], self.s1)
@@ -273,12 +353,16 @@ class Bench:
             await self.section(f"release-{size}", ["floor", "app", "peer"], self.release(size))
         if "browser" in only:
             await self.browser()
+        if "redis" in only:
+            await self.redis()
         for process in self.processes.values():
             self.servers.stop(process)
         if "markdown" in only:
             await self.markdown()
         for size in self.plan.s3_sizes if "s3" in only else ():
             await self.s3(size)
+        if "redis" in only:
+            await self.redis_held(self.plan.redis_s3_size)
         return self.figures
 
     async def start_relays(self) -> None:
@@ -445,6 +529,106 @@ class Bench:
             self.figures["other_load"][key] = load.share()
         finally:
             self.servers.stop(fresh)
+
+    async def redis(self) -> None:
+        """The app on a shared Redis, each scenario taking turns with the in-memory
+        app of this run: S1 on one worker and on ``--workers 2``; S2 on one worker,
+        and across two processes (A makes the answer, B reads it from Redis);
+        upstream release; Stop pressed on B for answers made on A; a burst of
+        first GETs."""
+        servers, size = self.servers, self.plan.redis_release_size
+        store = servers.redis("redis")
+        self.store = store
+        self.redis_apps = {
+            "redis-1w": servers.app("redis-1w", store=store),
+            "redis-1w-w0": servers.app("redis-1w-w0", window=0, store=store),
+            "redis-2w": servers.app("redis-2w", store=store, workers=2),
+            "redis-a": servers.app("redis-a", window=0, store=store, prefix="redis-ab"),
+            "redis-b": servers.app("redis-b", window=0, store=store, prefix="redis-ab"),
+        }
+        try:
+            for name, process in self.redis_apps.items():
+                self.targets[name] = target(process)
+                await warm_up(process)
+            await warm_up(self.redis_apps["redis-2w"])  # its second worker too, most likely
+            await self.section("redis-s1", ["app", "redis-1w", "redis-2w"], self.redis_s1)
+            await self.section("redis-s2", ["app-w0", "redis-1w-w0", "redis-ab"], self.redis_s2)
+            names = ["app", "redis-1w", "redis-2w"]
+            await self.section(f"redis-release-{size}", names, self.redis_release)
+            await self.section("redis-stop", ["app", "redis-ab"], self.redis_stop)
+            await self.section("redis-burst", ["app", "redis-1w"], self.redis_burst)
+            await asyncio.sleep(STORE_SETTLE_S)
+            self.figures["redis-keys"] = store.keys_without_expiry()
+            self.figures["redis-log"] = store_warnings(self.redis_apps.values())
+        finally:
+            for process in reversed(self.redis_apps.values()):
+                servers.stop(process)
+            servers.stop(store)
+
+    async def redis_s1(self, name: str) -> dict:
+        """S1; on a Redis app, Redis's CPU too."""
+        plan = self.plan
+        on_redis = name in self.redis_apps
+        process = self.redis_apps[name] if on_redis else self.processes[name]
+        return await scenarios.throughput(
+            self.targets[name], process, plan.s1_streams, plan.s1_tokens,
+            self.store if on_redis else None,
+        )  # fmt: skip
+
+    async def redis_s2(self, name: str) -> dict:
+        """S2; ``redis-ab``: made on A, read on A and on B."""
+        plan = self.plan
+        shape = (plan.s2_streams, plan.s2_tokens, plan.s2_delay, S2_SPREAD_S)
+        if name == "redis-ab":
+            targets = self.targets["redis-a"], self.targets["redis-b"]
+            return await scenarios.latency_elsewhere(*targets, *shape)
+        return await scenarios.latency(self.targets[name], *shape)
+
+    async def redis_release(self, name: str) -> dict:
+        plan = self.plan
+        return await scenarios.release(
+            self.targets[name], plan.redis_release_size, plan.release_delay,
+            self.servers.upstream_target, REDIS_OPENING_AT_ONCE,
+        )  # fmt: skip
+
+    async def redis_stop(self, name: str) -> dict:
+        """Stop pressed on the process making the answer; ``redis-ab``: made on A,
+        stopped on B."""
+        if name == "redis-ab":
+            producer, stopper = self.targets["redis-a"], self.targets["redis-b"]
+        else:
+            producer = stopper = self.targets[name]
+        return await scenarios.stopped_elsewhere(
+            producer, stopper, STOP_STREAMS, STOP_DELAY, self.servers.upstream_target,
+            STOP_SPREAD_S, REDIS_OPENING_AT_ONCE,
+        )  # fmt: skip
+
+    async def redis_burst(self, name: str) -> dict:
+        return await scenarios.gets_at_once(self.targets[name], BURST_GETS)
+
+    async def redis_held(self, size: int) -> None:
+        """Held streams on ``--workers 2`` with a fresh Redis: the memory before is
+        the app's and Redis's alone. Conversations kept: ``MANY_CONVERSATIONS``."""
+        key = f"redis-s3-{size}"
+        self.progress(key)
+        servers, plan = self.servers, self.plan
+        store = servers.redis("redis-s3")
+        fresh = servers.app(f"app-{key}", store=store, workers=2, more=MANY_CONVERSATIONS)
+        try:
+            await warm_up(fresh)
+            load = OtherLoad()
+            with collector_paused():
+                self.figures[key] = await scenarios.hold(
+                    target(fresh), fresh, size, plan.s3_hold_s, plan.redis_s3_ramp_s,
+                    servers.upstream, REDIS_OPENING_AT_ONCE, store,
+                )  # fmt: skip
+            self.figures["other_load"][key] = load.share()
+            await asyncio.sleep(STORE_SETTLE_S)
+            self.figures[key]["keys_without_expiry"] = store.keys_without_expiry()
+            self.figures[key]["log"] = store_warnings([fresh])
+        finally:
+            servers.stop(fresh)
+            servers.stop(store)
 
     def progress(self, key: str) -> None:
         print(f"{time.monotonic() - self._started:6.1f} s  {key}", file=sys.stderr, flush=True)

@@ -9,6 +9,9 @@ median of the runs and prints the table.
 Every scenario checks every answer it reads (bench/protocol.py): ``checked``
 is how many answers were read, ``exact`` how many were exactly what the
 upstream sent, with nothing lost or repeated.
+
+A scenario given the app's Redis (``store``, a bench/procs.RedisServer) also
+reports Redis's own CPU time, and held streams its memory (``INFO memory``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,21 @@ import os
 import statistics
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from bench.load import NANOS, HeldStreams, Received, Target, round_trips, run_many, wait_until
-from bench.procs import Process, cpu_seconds
+from bench.load import (
+    NANOS,
+    OPENING_AT_ONCE,
+    HeldStreams,
+    Received,
+    Target,
+    burst_of_gets,
+    round_trips,
+    run_many,
+    run_pairs,
+    wait_until,
+)
+from bench.procs import Process, RedisServer, cpu_seconds
 from bench.protocol import Directive, markdown_answer, markdown_tokens
 from live_markdown import make_markdown
 
@@ -43,6 +57,13 @@ FIRST_TOKEN_LIMIT_S = 15.0
 #: the rest count as never released.
 RELEASE_LIMIT_S = 5.0
 POLL_S = 0.05
+#: Reasons kept for the answers that were not exact, per scenario run.
+MAX_PROBLEMS = 5
+#: The answers of a burst of first GETs: short, the GETs are what is measured.
+BURST_TOKENS = 5
+#: The opening pace of held streams is counted over this many seconds, at the
+#: start and at the end of the opening.
+PACE_WINDOW_S = 10.0
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -59,8 +80,16 @@ def milliseconds(values_ns: Sequence[int], fraction: float) -> float | None:
     return None if value is None else value / MS
 
 
-def checked(received: Sequence[Received]) -> dict[str, int]:
-    return {"checked": len(received), "exact": sum(stream.ok() for stream in received)}
+def checked(received: Sequence[Received]) -> dict:
+    """How many answers were read and how many were exact; why the others were not
+    (each reason once, a few at most: every run's are in ``--json``)."""
+    exact = [stream.ok() for stream in received]
+    problems = {stream.problem() for stream, ok in zip(received, exact, strict=True) if not ok}
+    return {
+        "checked": len(received),
+        "exact": sum(exact),
+        "not_exact": sorted(problem for problem in problems if problem)[:MAX_PROBLEMS],
+    }
 
 
 def directives(prefix: str, count: int, **orders: object) -> list[Directive]:
@@ -70,20 +99,32 @@ def directives(prefix: str, count: int, **orders: object) -> list[Directive]:
 # --- S1: throughput -----------------------------------------------------------------------
 
 
-async def throughput(target: Target, process: Process, streams: int, tokens: int) -> dict:
-    """``streams`` prompts at once, ``tokens`` each, sent as fast as the upstream can."""
+async def throughput(
+    target: Target,
+    process: Process,
+    streams: int,
+    tokens: int,
+    store: RedisServer | None = None,
+) -> dict:
+    """``streams`` prompts at once, ``tokens`` each, sent as fast as the upstream can.
+    The relay's CPU is its process's, and its workers' (bench/procs.py); Redis's
+    is apart."""
     before = process.cpu_seconds()
+    store_before = store.cpu_seconds() if store else 0.0
     received, seconds = await run_many(
         target, directives("s1", streams, tokens=tokens), STREAM_LIMIT_S
     )
     cpu = process.cpu_seconds() - before
     total = streams * tokens
-    return {
+    figures = {
         "tokens_per_s": total / seconds,
         "cpu_us_per_token": cpu / total * 1e6,
         "cpu_share": cpu / seconds,  # 1.0 = one core busy all the time
         **checked(received),
     }
+    if store:
+        figures["store_cpu_us_per_token"] = (store.cpu_seconds() - store_before) / total * 1e6
+    return figures
 
 
 # --- S2: relay latency --------------------------------------------------------------------
@@ -105,6 +146,58 @@ async def latency(target: Target, streams: int, tokens: int, delay: float, sprea
         "p99_ms": milliseconds(latencies, 0.99),
         "first_event_p99_ms": milliseconds(first_events, 0.99),
         **checked(received),
+    }
+
+
+async def latency_elsewhere(
+    producer: Target,
+    follower: Target,
+    streams: int,
+    tokens: int,
+    delay: float,
+    spread_s: float,
+) -> dict:
+    """S2's streams, each read twice: by the browser on ``producer`` (which makes
+    the answer) and by a second one on ``follower``, another process on the same
+    Redis, which joins with ``Last-Event-ID`` once the first event has arrived and
+    reads the answer from its Redis log.
+
+    The follower's latency counts the tokens sent after its first read (its stream
+    open, the log being followed), not those it caught up on; the producer's
+    listener, for comparison, every token. Both answers must be exact.
+    """
+    orders = directives("s2x", streams, tokens=tokens, delay=delay, stamp=True)
+    pairs = await run_pairs(producer, follower, orders, STREAM_LIMIT_S, spread_s)
+    local = [ns for first, _ in pairs for ns in first.latencies_ns()]
+    across = [
+        ns
+        for _, second in pairs
+        if second.blocks
+        for ns in second.latencies_ns(second.blocks[0][0])
+    ]
+    received = [stream for pair in pairs for stream in pair]
+    return {
+        "p50_ms": milliseconds(across, 0.50),
+        "p99_ms": milliseconds(across, 0.99),
+        "producer_p50_ms": milliseconds(local, 0.50),
+        "producer_p99_ms": milliseconds(local, 0.99),
+        **checked(received),
+    }
+
+
+async def gets_at_once(target: Target, streams: int) -> dict:
+    """``streams`` prompts posted, then their first GETs all at once (the browsers of
+    a busy moment): how many were refused (an ``error`` event and ``close`` in
+    place of the answer), and the slowest first event (from sending the GET).
+    The answers not refused are checked."""
+    received = await burst_of_gets(target, directives("burst", streams, tokens=BURST_TOKENS))
+    first_events = [ns for stream in received if (ns := stream.first_event_ns()) is not None]
+    answered = [stream for stream in received if not stream.errors()]
+    return {
+        "streams": streams,
+        "refused": len(received) - len(answered),
+        "first_event_max_ms": milliseconds(first_events, 1.0),
+        **checked(answered),
     }
 
 
@@ -136,13 +229,22 @@ async def first_text(
 
 
 async def hold(
-    target: Target, process: Process, streams: int, hold_s: float, ramp_s: float, upstream: Process
+    target: Target,
+    process: Process,
+    streams: int,
+    hold_s: float,
+    ramp_s: float,
+    upstream: Process,
+    at_once: int = OPENING_AT_ONCE,
+    store: RedisServer | None = None,
 ) -> dict:
     """Open ``streams`` streams at one token a second and keep them for ``hold_s``.
 
-    Opening may take ``ramp_s`` at most; a stream not open by then is not
-    held. Memory per stream is the relay's resident memory while holding,
-    less what it used before the first stream, divided by the streams held.
+    Opening (``at_once`` streams at a time) may take ``ramp_s`` at most; a
+    stream not open by then is not held. Memory per stream is the relay's
+    resident memory while holding (its workers' too), less what it used before
+    the first stream, divided by the streams held; with a ``store``, the same
+    of Redis's ``used_memory``.
     Latency is every token read during the hold. The CPU shares of the fake
     upstream and of this client show whether the machine, not the relay,
     was the limit. Then everyone leaves at once, which also gives the
@@ -151,7 +253,8 @@ async def hold(
     upstream_target = Target(upstream.name, upstream.base, direct=True)
     await reset_upstream(upstream_target)
     memory_before = process.rss_bytes()
-    held = HeldStreams(target, OPEN_LIMIT_S)
+    store_memory_before = store.used_memory() if store else 0
+    held = HeldStreams(target, OPEN_LIMIT_S, at_once)
     orders = directives(f"s3-{streams}", streams, tokens=ENDLESS_TOKENS, delay=1.0, stamp=True)
     opening_started = time.monotonic()
     await held.open(orders, deadline=opening_started + ramp_s)
@@ -159,20 +262,23 @@ async def hold(
     # Let every stream that opened show a token before the window starts.
     await asyncio.sleep(HELD_RECENT_S)
     window_start = time.monotonic_ns()
-    cpu_before = [process.cpu_seconds(), upstream.cpu_seconds(), cpu_seconds(os.getpid())]
+    watched = [process, upstream, *([store] if store else [])]
+    cpu_before = [each.cpu_seconds() for each in watched] + [cpu_seconds(os.getpid())]
     await asyncio.sleep(hold_s)
     window_end = time.monotonic_ns()
-    cpu_after = [process.cpu_seconds(), upstream.cpu_seconds(), cpu_seconds(os.getpid())]
-    relay_cpu, upstream_cpu, client_cpu = (
+    cpu_after = [each.cpu_seconds() for each in watched] + [cpu_seconds(os.getpid())]
+    relay_cpu, upstream_cpu, *store_cpu, client_cpu = (
         (after - before) / hold_s for before, after in zip(cpu_before, cpu_after, strict=True)
     )
     memory = process.rss_bytes() - memory_before
+    store_memory = store.used_memory() - store_memory_before if store else 0
+    open_files = process.open_files()
     alive = held.with_token_since(window_end - int(HELD_RECENT_S * NANOS))
     latencies = [ns for stream in alive for ns in stream.latencies_ns(window_start, window_end)]
     await held.drop_all()
     freed = await released(upstream_target, held.streams)
     failures = sorted({stream.failure for stream in held.streams if stream.failure})
-    return {
+    figures = {
         "streams": streams,
         "held": len(alive),
         "opened": sum(stream.failure is None for stream in held.streams),
@@ -185,13 +291,39 @@ async def hold(
         "client_cpu_share": client_cpu,
         "release_p99_ms": freed["p99_ms"],
         "not_released": freed["missing"],
+        "open_files": open_files,
+        **opening_pace(held.streams, opening_started),
         "failures": failures[:5],
         "checked": len(alive),
         "exact": sum(stream.exact(whole=False) for stream in alive),
     }
+    if store:
+        figures["store_kb_per_stream"] = store_memory / max(1, len(alive)) / 1024
+        figures["store_cpu_share"] = store_cpu[0]
+    return figures
 
 
-async def release(target: Target, streams: int, delay: float, upstream: Target) -> dict:
+def opening_pace(streams: Sequence[Received], started: float) -> dict:
+    """Streams opened per second in the first and in the last ``PACE_WINDOW_S`` of
+    the opening (the whole opening, if shorter); refused ones (an HTTP error,
+    ``Refused``), and those that ended with an ``error`` event (held streams never
+    end by themselves)."""
+    opened_s = sorted(
+        stream.opened_ns / NANOS - started for stream in streams if stream.opened_ns is not None
+    )
+    last = opened_s[-1] if opened_s else 0.0
+    window = max(min(PACE_WINDOW_S, last), POLL_S)
+    return {
+        "opened_per_s_first": sum(at <= window for at in opened_s) / window,
+        "opened_per_s_last": sum(at >= last - window for at in opened_s) / window,
+        "refused": sum((stream.failure or "").startswith("Refused") for stream in streams),
+        "errored": sum(bool(stream.errors()) for stream in streams),
+    }
+
+
+async def release(
+    target: Target, streams: int, delay: float, upstream: Target, at_once: int = OPENING_AT_ONCE
+) -> dict:
     """``streams`` streams, each read until it shows answer text; then all clients leave.
 
     The figure is, per request, the upstream's "my client closed" time less
@@ -199,15 +331,7 @@ async def release(target: Target, streams: int, delay: float, upstream: Target) 
     generating for nobody.
     """
     await reset_upstream(upstream)
-    held = HeldStreams(target, OPEN_LIMIT_S)
-    orders = directives(f"rel-{streams}", streams, tokens=ENDLESS_TOKENS, delay=delay)
-    await held.open(orders, deadline=time.monotonic() + OPEN_LIMIT_S + streams / 100)
-
-    async def all_answering() -> bool:
-        return all(stream.failure or stream.chunks() for stream in held.streams)
-
-    await wait_until(all_answering, FIRST_TOKEN_LIMIT_S, POLL_S)
-    answering = [stream for stream in held.streams if stream.failure is None and stream.chunks()]
+    held, answering = await answering_streams(target, "rel", streams, delay, at_once)
     await held.drop_all()
     figures = await released(upstream, answering)
     return {
@@ -218,10 +342,69 @@ async def release(target: Target, streams: int, delay: float, upstream: Target) 
     }
 
 
-async def released(upstream: Target, dropped: Sequence[Received]) -> dict:
-    """Wait for the upstream to see each dropped request closed; the delays."""
-    dropped = [stream for stream in dropped if stream.dropped_ns is not None]
-    wanted = {stream.directive.id for stream in dropped}
+async def answering_streams(
+    target: Target, prefix: str, streams: int, delay: float, at_once: int
+) -> tuple[HeldStreams, list[Received]]:
+    """``streams`` endless streams held open, ``delay`` s a token; once each shows
+    answer text (or a bound passed), the held streams and those showing text."""
+    held = HeldStreams(target, OPEN_LIMIT_S, at_once)
+    orders = directives(f"{prefix}-{streams}", streams, tokens=ENDLESS_TOKENS, delay=delay)
+    await held.open(orders, deadline=time.monotonic() + OPEN_LIMIT_S + streams / 100)
+
+    async def all_answering() -> bool:
+        return all(stream.failure or stream.chunks() for stream in held.streams)
+
+    await wait_until(all_answering, FIRST_TOKEN_LIMIT_S, POLL_S)
+    answering = [stream for stream in held.streams if stream.failure is None and stream.chunks()]
+    return held, answering
+
+
+async def stopped_elsewhere(
+    producer: Target,
+    stopper: Target,
+    streams: int,
+    delay: float,
+    upstream: Target,
+    spread_s: float,
+    at_once: int = OPENING_AT_ONCE,
+) -> dict:
+    """The Stop button, pressed on another process: ``streams`` endless answers
+    made and read through ``producer``; once each shows text, ``POST /stop`` for
+    each goes to ``stopper`` (another process on the same Redis; or the producer
+    itself, for comparison), the stops spread over ``spread_s``.
+
+    The figure is, per answer, the upstream's "my client closed" time less the
+    time the stop was sent. Each stopped answer must end with ``close``, no
+    ``error``, and its text be tokens 0, 1, 2, … with nothing lost or repeated.
+    """
+    await reset_upstream(upstream)
+    held, answering = await answering_streams(producer, "stop", streams, delay, at_once)
+    await held.stop_each(stopper, spread_s)
+    figures = await released(upstream, answering, since=lambda stream: stream.stopped_ns)
+    await held.ends(RELEASE_LIMIT_S)
+    await held.drop_all()
+    ended = [stream for stream in answering if stream.failure is None and stream.ended()]
+    return {
+        **figures,
+        "checked": len(answering),
+        "exact": sum(not stream.errors() and stream.exact(whole=False) for stream in ended),
+        "failed": streams - len(answering),
+    }
+
+
+def dropped_at(stream: Received) -> int | None:
+    return stream.dropped_ns
+
+
+async def released(
+    upstream: Target,
+    dropped: Sequence[Received],
+    since: Callable[[Received], int | None] = dropped_at,
+) -> dict:
+    """Wait for the upstream to see each request closed; the delays from ``since``
+    (when the client dropped it, unless told)."""
+    left = {stream.directive.id: at for stream in dropped if (at := since(stream)) is not None}
+    wanted = set(left)
     records: dict[str, int] = {}
 
     async def all_released() -> bool:
@@ -229,11 +412,7 @@ async def released(upstream: Target, dropped: Sequence[Received]) -> dict:
         return wanted <= records.keys()
 
     await wait_until(all_released, RELEASE_LIMIT_S, POLL_S)
-    delays = [
-        records[stream.directive.id] - stream.dropped_ns
-        for stream in dropped
-        if stream.directive.id in records
-    ]
+    delays = [records[name] - at for name, at in left.items() if name in records]
     return {
         "p50_ms": milliseconds(delays, 0.50),
         "p99_ms": milliseconds(delays, 0.99),

@@ -26,6 +26,9 @@ FIRST_TEXT_MS = 50.0
 #: per token at most this many times the same app's with --plain-stream.
 MD_BYTES_TIMES_FINAL = 1.5
 MD_CPU_TIMES_PLAIN = 1.5
+#: The shared Redis store (redis_store.py): one worker's relay latency at most
+#: this much over the in-memory app's of the same run (S2, window 0).
+REDIS_OVER_MEMORY_MS = 2.0
 
 
 @dataclass
@@ -302,6 +305,227 @@ def markdown_rows(figures: dict, busy: str) -> list[Row]:
     ]
 
 
+def redis_rows(figures: dict, busy: dict[str, str]) -> list[Row]:
+    """The app on Redis, each figure next to the in-memory app's of the same section."""
+    table = []
+    if "redis-s1" in figures:
+        table += redis_throughput_rows(figures, busy["redis-s1"])
+    if "redis-s2" in figures:
+        table += redis_latency_rows(figures["redis-s2"], busy["redis-s2"])
+    size = figures["plan"]["redis_release_size"]
+    if f"redis-release-{size}" in figures:
+        freed = figures[f"redis-release-{size}"]
+        table += redis_release_rows(freed, size, busy[f"redis-release-{size}"])
+    if "redis-stop" in figures:
+        table += redis_stop_rows(figures["redis-stop"], busy["redis-stop"])
+    if "redis-burst" in figures:
+        table += redis_burst_rows(figures["redis-burst"], busy["redis-burst"])
+    if "redis-keys" in figures:
+        table.append(
+            keys_row("Redis keys without an expiry, after these rows", figures["redis-keys"])
+        )
+    if "redis-log" in figures:
+        table.append(log_row("Redis apps' logs, these rows", figures["redis-log"]))
+    size = figures["plan"]["redis_s3_size"]
+    if f"redis-s3-{size}" in figures:
+        table += redis_held_rows(figures[f"redis-s3-{size}"], busy[f"redis-s3-{size}"])
+    return table
+
+
+def per_token(app: dict) -> str:
+    """Tokens/s; the relay's CPU per token (all its workers), and Redis's apart."""
+    text = f"{number(app['tokens_per_s'])}; {number(app['cpu_us_per_token'], ' us', 1)}"
+    if "store_cpu_us_per_token" in app:
+        text += f" + Redis {number(app['store_cpu_us_per_token'], ' us', 1)}"
+    return text
+
+
+def redis_throughput_rows(figures: dict, busy: str) -> list[Row]:
+    plan, s1 = figures["plan"], figures["redis-s1"]
+    shape = f"{plan['s1_streams']} x {plan['s1_tokens']}"
+    memory = s1["app"]["tokens_per_s"]
+    rows = []
+    for name, label in (("redis-1w", "1 worker"), ("redis-2w", "--workers 2 (both workers)")):
+        app = s1[name]
+        rows.append(
+            Row(
+                f"Redis S1 ({shape}), {label}: tokens/s; CPU/token + Redis's",
+                per_token(app),
+                ratio=number(ratio(app["tokens_per_s"], memory), "x in-mem", 2),
+                exact=exact(app),
+                busy_else=busy,
+            )
+        )
+    rows.append(
+        Row(
+            "  in-memory app, same section: tokens/s; CPU/token",
+            per_token(s1["app"]),
+            exact=exact(s1["app"]),
+            busy_else=busy,
+        )
+    )
+    return rows
+
+
+def redis_latency_rows(s2: dict, busy: str) -> list[Row]:
+    memory, redis, across = s2["app-w0"], s2["redis-1w-w0"], s2["redis-ab"]
+    limit = None if memory["p99_ms"] is None else memory["p99_ms"] + REDIS_OVER_MEMORY_MS
+    return [
+        Row(
+            "Redis S2 relay latency p50 / p99, window 0, 1 worker",
+            pair(redis["p50_ms"], redis["p99_ms"]),
+            target=f"p99 <= {number(limit, ' ms', 1)}",
+            met=NOT_MEASURED if limit is None else met(redis["p99_ms"], limit),
+            exact=exact(redis),
+            busy_else=busy,
+        ),
+        Row(
+            "  in-memory app, window 0, same section",
+            pair(memory["p50_ms"], memory["p99_ms"]),
+            target=f"+ {REDIS_OVER_MEMORY_MS:g} ms: the target above",
+            exact=exact(memory),
+            busy_else=busy,
+        ),
+        Row(
+            "Redis S2 across processes: made on A, read on B (Last-Event-ID)",
+            pair(across["p50_ms"], across["p99_ms"]),
+            exact=exact(across),
+            busy_else=busy,
+        ),
+        Row(
+            "  the same answers read on A, which makes them",
+            pair(across["producer_p50_ms"], across["producer_p99_ms"]),
+            busy_else=busy,
+        ),
+    ]
+
+
+def redis_release_rows(freed: dict, size: int, busy: str) -> list[Row]:
+    rows = []
+    for name, label in (("redis-1w", "1 worker"), ("redis-2w", "--workers 2"), ("app", "")):
+        app = freed[name]
+        never = app["missing"]
+        counts = f"{never:,.0f} never, {app['failed']:,.0f} without text"
+        if name == "app":
+            figure = f"  in-memory app, same section ({counts})"
+        else:
+            figure = f"Redis upstream released p50 / p99 at {size:,}, {label} ({counts})"
+        rows.append(
+            Row(
+                figure,
+                pair(app["p50_ms"], app["p99_ms"]),
+                target="" if name == "app" else f"p99 <= {RELEASE_P99_MS:g} ms",
+                met="" if name == "app" else "NO" if never else met(app["p99_ms"], RELEASE_P99_MS),
+                exact=exact(app),
+                busy_else=busy,
+            )
+        )
+    return rows
+
+
+def redis_stop_rows(stopped: dict, busy: str) -> list[Row]:
+    across, memory = stopped["redis-ab"], stopped["app"]
+    return [
+        Row(
+            f"Redis stop on B, made on A: POST -> upstream closed, p50 / p99 "
+            f"({across['missing']} never)",
+            pair(across["p50_ms"], across["p99_ms"]),
+            exact=exact(across),
+            busy_else=busy,
+        ),
+        Row(
+            f"  in-memory app, stop on the same process ({memory['missing']} never)",
+            pair(memory["p50_ms"], memory["p99_ms"]),
+            exact=exact(memory),
+            busy_else=busy,
+        ),
+    ]
+
+
+def redis_burst_rows(burst: dict, busy: str) -> list[Row]:
+    rows = []
+    for name, figure in (
+        ("redis-1w", f"Redis {burst['redis-1w']['streams']:,} first GETs at once, 1 worker"),
+        ("app", "  in-memory app, same section"),
+    ):
+        app = burst[name]
+        rows.append(
+            Row(
+                f"{figure}: refused; slowest first event",
+                f"{number(app['refused'])}; {number(app['first_event_max_ms'], ' ms')}",
+                exact=exact(app),
+                busy_else=busy,
+            )
+        )
+    return rows
+
+
+def log_row(figure: str, log: dict[str, int]) -> Row:
+    """The Redis apps' warnings: answers ended as orphaned by another worker, a
+    Redis pool with no connection free, answers not kept in their conversation."""
+    return Row(
+        f"{figure}: ended as orphans; no connection; not kept",
+        f"{log['ended_as_orphans']:,}; {log['no_connection']:,}; {log['not_kept']:,}",
+    )
+
+
+def keys_row(figure: str, keys: list[str]) -> Row:
+    """How many Redis keys had no time to live, and the first few of them."""
+    named = f" ({', '.join(keys[:3])})" if keys else ""
+    return Row(figure, f"{len(keys):,}{named}", target="0", met=met(len(keys), 0))
+
+
+def redis_held_rows(s3: dict, busy: str) -> list[Row]:
+    size, held = s3["streams"], s3["held"]
+    at = f"at {held:,}"
+    return [
+        Row(
+            f"Redis S3 streams held of {size:,}, --workers 2 (1 token/s each)",
+            number(held),
+            target=f"{size:,}",
+            met=met(held, size, at_least=True),
+            exact=exact(s3),
+            busy_else=busy,
+        ),
+        Row(
+            f"Redis S3 memory per stream {at}: app (both workers); Redis",
+            f"{number(s3['kb_per_stream'], ' KB', 1)}; "
+            f"{number(s3['store_kb_per_stream'], ' KB', 1)}",
+            target=f"app <= {KB_PER_STREAM:g} KB",
+            met=met(s3["kb_per_stream"], KB_PER_STREAM),
+            busy_else=busy,
+        ),
+        Row(
+            f"Redis S3 latency p50 / p99 {at}",
+            pair(s3["p50_ms"], s3["p99_ms"]),
+            target=f"p99 < {HELD_P99_MS:g} ms",
+            met=met(s3["p99_ms"], HELD_P99_MS),
+            busy_else=busy,
+        ),
+        Row(
+            f"Redis S3 CPU {at}: workers; Redis; upstream + client",
+            f"{percent(s3['cpu_share'])}; {percent(s3['store_cpu_share'])}; "
+            f"{percent(s3['upstream_cpu_share'] + s3['client_cpu_share'])} of a core",
+            busy_else=busy,
+        ),
+        Row(
+            f"Redis S3 opened in {s3['opening_s']:.0f} s: per s first / last 10 s; refused; errors",
+            f"{number(s3['opened'])}: {number(s3['opened_per_s_first'])} / "
+            f"{number(s3['opened_per_s_last'])}; {number(s3['refused'])}; {number(s3['errored'])}",
+            busy_else=busy,
+        ),
+        Row(
+            f"Redis S3 open files per worker {at}; released p99 after "
+            f"({s3['not_released']:,} never)",
+            f"{', '.join(f'{count:,}' for count in s3['open_files'])}; "
+            f"{number(s3['release_p99_ms'], ' ms')}",
+            busy_else=busy,
+        ),
+        keys_row("Redis S3 keys without an expiry, after", s3["keys_without_expiry"]),
+        log_row("Redis S3 app's log", s3["log"]),
+    ]
+
+
 def rows(figures: dict) -> list[Row]:
     """Every row of the table, in the scenarios' order (of the sections that ran)."""
     plan = figures["plan"]
@@ -325,6 +549,7 @@ def rows(figures: dict) -> list[Row]:
         table += browser_rows(figures["browser"], busy["browser"])
     if "markdown" in figures:
         table += markdown_rows(figures, busy["markdown"])
+    table += redis_rows(figures, busy)
     return table
 
 
