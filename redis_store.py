@@ -113,6 +113,7 @@ CLOSE_S = 2.0  # at shutdown, how long the background loops may take to end
 DRAIN_S = 5.0  # at shutdown, how long the last frames may take to be written
 RETRY_S = 1.0  # how often frames that could not be written are tried again
 UID_CHARS = 33  # "u" and 128 random bits in hex (server.Store.new_uid)
+BOUND_CANDIDATES = 20  # conversations looked at, at most, to come back within the bounds
 RETRIES = 10  # a transaction retried this often when another worker changed its key
 
 
@@ -576,7 +577,9 @@ class RedisStore(Store):
         count, kept = await redis.zcard(convs), int(await redis.get(total) or 0)
         if count <= config.max_conversations and kept <= config.max_kept_chars:
             return
-        for cid in await redis.zrange(convs, 0, -2):  # oldest first, all but the newest
+        # The oldest first, all but the newest; a few at a time: while they are all
+        # streaming, the bound waits for their answers to end, at a later prompt.
+        for cid in await redis.zrange(convs, 0, min(count - 2, BOUND_CANDIDATES - 1)):
             if count <= config.max_conversations and kept <= config.max_kept_chars:
                 return
             raw = await redis.get(self.key("conv", cid.decode()))
