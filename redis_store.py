@@ -103,7 +103,9 @@ STORE_UNREACHABLE = (
 )
 PRODUCER_GONE = "The server process writing this answer stopped. Please submit the prompt again."
 HEARTBEAT_S = 1.0  # how often a worker says it is alive, and looks for answers left behind
-HEARTBEAT_TTL_S = 3.0  # a worker silent this long is gone: its answers are ended
+# A worker silent this long is gone: its answers are ended. Not less: a worker
+# whose event loop is saturated (thousands of streams) can be late by seconds.
+HEARTBEAT_TTL_S = 6.0
 LOG_LAG_S = 0.5  # how far a log may lag behind what its producer's listeners saw
 READ_BLOCK_MS = 5_000  # the reader's XREAD waits this long at most, then asks again
 CONTROL_KEPT = 10_000  # control messages kept (about): older ones are trimmed
@@ -1087,15 +1089,18 @@ class LogWriter:
                 whose.append((stream, 0))
             streams[stream.uid] = stream
         for uid, stream in streams.items():
-            ttl = store.ended_ttl() if stream.closed else store.live_ttl()
+            # Expiries are set twice in a log's life, not with every batch: when it
+            # is made (the claim set its hash's), and when the answer ends.
             if stream.closed:
                 ended = {"state": "closed", "ended": repr(time.time())}
                 pipe.hset(store.key("stream", uid), mapping=ended)
                 store.produced(pipe, uid, stream.client, store.worker)
-                whose += [(stream, 0)] * 4
-            pipe.pexpire(store.key("log", uid), ms(ttl))
-            pipe.pexpire(store.key("stream", uid), ms(ttl))
-            whose += [(stream, 0)] * 2
+                pipe.pexpire(store.key("log", uid), ms(store.ended_ttl()))
+                pipe.pexpire(store.key("stream", uid), ms(store.ended_ttl()))
+                whose += [(stream, 0)] * 6
+            elif stream.logged == 0:  # its log is made by this batch
+                pipe.pexpire(store.key("log", uid), ms(store.live_ttl()))
+                whose.append((stream, 0))
         try:
             results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as error:
