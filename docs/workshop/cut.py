@@ -27,6 +27,8 @@ CHUNK = 64 * 1024
 
 
 class Relay:
+    """Relays each connection to the app's port, and can drop them all (``cut``)."""
+
     def __init__(self, target_port: int, down: float) -> None:
         self.target_port = target_port
         self.down = down
