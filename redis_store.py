@@ -828,7 +828,12 @@ class RedisStore(Store):
                 await self.send("idle", stream.uid)
         elif stream.listeners == 0 and left <= 0:
             async with self.lock:
-                self._wait_for_return(stream)
+                if self.config.grace_period == 0 and stream.listeners == 0:
+                    # No grace, and the count just said no worker listens: let go
+                    # now, without asking Redis again (Store._give_up, not ours).
+                    Store._give_up(self, stream)
+                else:
+                    self._wait_for_return(stream)
 
     def _give_up(self, stream: Stream) -> None:
         # The grace period is over. A finished answer is let go here (its log stays

@@ -230,8 +230,10 @@ def error_event(message: str) -> Event:
 
 
 def close_event() -> Event:
-    """Always last. Its data line is empty but present: without one the browser
-    never dispatches the event, reconnects, and the answer streams again."""
+    """Always last. Its data line is empty but present: without one the browser never
+    dispatches the event, so `sse-close` never fires; the stream ends, and the browser
+    reconnects every second (with close's id: nothing is replayed) for as long as the
+    page is open."""
     return Event("close", "")
 
 

@@ -71,6 +71,8 @@ document.addEventListener("htmx:sseOpen", (event) => {
   if (wire.source === source && wire.lost) {
     // The browser reconnected by itself, on the same EventSource: it sent the
     // id of the last event it got, and the server resumes after it.
+    // (The browser sends the id of the last event it read; this page's events
+    // all have data, so that is the last one shown here.)
     note(stream, { kind: "reconnect", text: `Reconnected: the browser sent Last-Event-ID: ${wire.lastId || "(none)"}` });
   } else if (wire.source) {
     note(stream, { kind: "reconnect", text: `A new connection (htmx made a new EventSource): ${source.url}` });
@@ -99,7 +101,9 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
 document.addEventListener("htmx:sseError", (event) => {
   const stream = event.target.closest(".stream");
   const wire = stream && wires.get(stream);
-  if (!wire || wire.lost) {
+  // A server event named `error` reaches the EventSource's error handler too, as a
+  // message with data: that is a message (noted above), not a lost connection.
+  if (!wire || wire.lost || event.detail.error?.data !== undefined) {
     return;
   }
   wire.lost = true;

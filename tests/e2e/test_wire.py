@@ -121,3 +121,15 @@ async def test_a_long_stream_keeps_the_panel_capped_and_says_how_many_it_folded(
     assert shown == [(event.event, f"id {event.id}") for event in sent][-len(shown) :]
     assert count + len(shown) == len(sent) + 1  # every message, and the "Connected" note
     assert not tab.problems()
+
+
+async def test_a_server_error_event_shows_as_a_message_not_as_a_lost_connection(tab, serve_app):
+    served = await serve_app("demo", **ONE_BY_ONE)
+    await tab.open(served.url)
+    await tab.page.get_by_label("Show the wire").check()
+    await tab.submit("/error on purpose")
+    await tab.turn_ended()
+    panel = tab.turn.locator(".wire")
+    await expect(panel.locator(".wire-message[data-event=error]")).to_have_count(1)
+    await expect(panel.locator(".wire-lost")).to_have_count(0)
+    await expect(panel.locator(".wire-message").last).to_have_attribute("data-event", "close")
