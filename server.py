@@ -397,7 +397,7 @@ class Store:
         return list(self._streams.values())
 
     def status(self) -> str:
-        """ "ok", or why this process cannot serve now (the in-memory store always can)."""
+        """Whether this process can serve now: "ok", or why not (here it always can)."""
         return "ok"
 
     async def counts(self) -> dict[str, int]:
