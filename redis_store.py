@@ -55,7 +55,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
 from typing import Any
@@ -86,6 +86,7 @@ from server import (
     PromptForm,
     Refusal,
     Room,
+    StartProducer,
     Store,
     Stream,
     Transcript,
@@ -645,7 +646,7 @@ class RedisStore(Store):
         self,
         uid: str,
         last_event_id: int | None,
-        start: Callable[[Stream], Coroutine[Any, Any, None]],
+        start: StartProducer,
     ) -> tuple[Stream, int]:
         # A browser that leaves cancels its handler, perhaps between two commands to
         # Redis: the claim is finished anyway (shielded), then undone (detached).
@@ -672,7 +673,7 @@ class RedisStore(Store):
         self,
         uid: str,
         last_event_id: int | None,
-        start: Callable[[Stream], Coroutine[Any, Any, None]],
+        start: StartProducer,
     ) -> tuple[Stream, int]:
         local = self._streams.get(uid)
         if isinstance(local, LoggedStream):  # produced here: as with one process
@@ -697,7 +698,7 @@ class RedisStore(Store):
         self,
         uid: str,
         last_event_id: int | None,
-        start: Callable[[Stream], Coroutine[Any, Any, None]],
+        start: StartProducer,
         room: Room | None,
     ) -> tuple[Stream, int]:
         key = self.key("stream", uid)

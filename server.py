@@ -363,6 +363,10 @@ class Stream:
             self.producer.cancel()
 
 
+#: What a claim calls to start a new stream's producer (``produce``, in the handler).
+StartProducer = Callable[[Stream], Coroutine[Any, Any, None]]
+
+
 class Store:
     """Every stream, by uid, from the POST that makes it until it is over; and
     every conversation (conversations.py), whose turns keep the answers.
@@ -537,7 +541,7 @@ class Store:
         self,
         uid: str,
         last_event_id: int | None,
-        start: Callable[[Stream], Coroutine[Any, Any, None]],
+        start: StartProducer,
     ) -> tuple[Stream, int]:
         """A listener joins: the stream and the event id to write from, or NotClaimable.
         The first listener of a new stream starts its producer, ``start(stream)``:
@@ -2213,6 +2217,14 @@ def find_vendor_scripts() -> dict[str, str]:
     return urls
 
 
+def log_htmx_source(script_urls: dict[str, str]) -> None:
+    """Say at start where the page gets htmx from."""
+    local = all(script_urls[script.filename] == script.local_url for script in VENDOR_SCRIPTS)
+    log.info(
+        "htmx is served %s", "by this app" if local else "from a CDN (`npm ci` serves it here)"
+    )
+
+
 async def vendor_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["filename"]
     for script in VENDOR_SCRIPTS:
@@ -2527,12 +2539,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("open files: at most %d (the soft limit was %d)", after, before)
     else:
         log.info("open files: at most %d", after)
-    local = all(
-        find_vendor_scripts()[script.filename] == script.local_url for script in VENDOR_SCRIPTS
-    )
-    log.info(
-        "htmx is served %s", "by this app" if local else "from a CDN (`npm ci` serves it here)"
-    )
     if config.password:
         log.info("a password (APP_PASSWORD) protects the app")
     if config.redis_url:  # the shared store must answer now, or we do not start
@@ -2545,9 +2551,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.workers > 1:
         from workers import run_workers
 
+        log_htmx_source(find_vendor_scripts())
         run_workers(config)  # gunicorn forks the workers; each runs make_app(config)
         return
     app = make_app(config)
+    log_htmx_source(app[VENDOR])
     app.on_startup.append(check_model_server)
     gc.freeze()  # the modules and the app live as long as the process: never scan them again
     gc.set_threshold(*GC_THRESHOLDS)

@@ -5,15 +5,23 @@ a mistyped URL. Real sockets, real redis-server, real worker processes where it 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from contextlib import suppress
 
+import aiohttp
 import pytest
 
 from providers.events import Answer
+from server import ALREADY_STREAMING, MINE_STREAMING, STILL_STREAMING, STORE
 from tests.conftest import Pause, ScriptedProvider, post_prompt
+from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 from tests.test_resume import read_events
+from tests.test_workers import ROOT, app_process, follow_elsewhere
 
 
 class CuttableProxy:
@@ -92,13 +100,6 @@ async def test_a_worker_replaced_while_redis_is_away_does_not_take_the_app_down(
 ):
     """Redis is away while gunicorn replaces a worker: the new worker starts anyway and
     reconnects with the others; the app never shuts down for it."""
-    import os
-    import signal
-    import subprocess
-
-    import aiohttp
-
-    from tests.test_workers import app_process
 
     async with app_process(own_redis_server, redis_config["redis_prefix"], "--workers", "2") as (
         base,
@@ -151,8 +152,6 @@ async def test_an_answer_ending_while_redis_is_cut_off_leaves_nothing_stuck(
     readable error; when Redis is back, its frames that could not be written are
     written, so nothing is left half-done: it holds no stream slot, its conversation
     takes the next prompt, and its log replays to `close` on another worker."""
-    from server import MINE_STREAMING, STILL_STREAMING
-    from tests.snippet import uid_from_snippet
 
     proxy = CuttableProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
     await proxy.start()
@@ -192,14 +191,6 @@ async def test_a_follower_worker_killed_does_not_keep_a_generation_alive_for_eve
     """The browser moved from worker A (the producer) to worker B; B is SIGKILLed and
     the browser is gone. A takes B's listeners back from the count: after the grace
     period the generation is let go, as if the browser had left normally."""
-    import os
-    import signal
-
-    import aiohttp
-
-    from tests.test_workers import app_process
-    from tests.test_workers import read_events as read_frames
-
     prefix = redis_config["redis_prefix"]
     args = ("--demo-delay", "0.3", "--grace-period", "1")
     async with (
@@ -207,19 +198,7 @@ async def test_a_follower_worker_killed_does_not_keep_a_generation_alive_for_eve
         app_process(redis_server, prefix, *args) as (b, b_process, _),
         aiohttp.ClientSession() as session,
     ):
-        posted = await session.post(
-            f"{a}/process_prompt", data={"prompt": "tell me a long story"},
-            headers={"Origin": a, "HX-Request": "true"},
-        )  # fmt: skip
-        from tests.snippet import uid_from_snippet
-
-        uid = uid_from_snippet(await posted.text())
-        on_a = await session.get(f"{a}/response-stream", params={"uid": uid})
-        before = await read_frames(on_a, 3)
-        on_b = await session.get(
-            f"{b}/response-stream", params={"uid": uid}, headers={"Last-Event-ID": before[-1].id}
-        )
-        await on_b.content.readuntil(b"\n\n")
+        on_a, on_b, _ = await follow_elsewhere(session, a, b, "tell me a long story")
         on_a.close()  # the browser now listens through B only
         await asyncio.sleep(0.3)
         os.kill(b_process.pid, signal.SIGKILL)  # B dies, and the browser is gone too
@@ -237,7 +216,6 @@ async def test_a_follower_worker_killed_does_not_keep_a_generation_alive_for_eve
 async def test_a_last_event_id_past_the_log_is_refused_on_every_worker_alike(start_workers):
     """Bad input: a Last-Event-ID beyond the answer's events is refused alike by the
     producing worker and by a worker that follows the answer."""
-    from server import ALREADY_STREAMING
 
     provider = ScriptedProvider([Answer("a"), Pause(1.0), Answer("b")])
     a, b = await start_workers(provider=provider, grace_period=5)
@@ -261,7 +239,6 @@ async def test_an_answer_watched_on_two_workers_is_let_go_when_it_ends(start_wor
     """One answer, produced on worker A for its page, is also open in a second tab
     through worker B. When both have left, A lets the finished answer go (streams_kept
     back to zero) instead of keeping its frames for ever."""
-    from server import STORE
 
     provider = ScriptedProvider([Answer("x"), Pause(0.3), Answer("y")])
     a, b = await start_workers(provider=provider, grace_period=0.3)
@@ -283,11 +260,6 @@ async def test_an_answer_watched_on_two_workers_is_let_go_when_it_ends(start_wor
 def test_a_mistyped_redis_url_never_prints_its_password(where):
     """A Redis URL that does not parse (a port mistyped, here 99999) is refused at start
     with a one-line message that never shows the password."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.test_workers import ROOT
 
     url = "redis://:hunter2-secret@127.0.0.1:99999/0"
     args, env = (

@@ -60,14 +60,20 @@ async def test_a_reconnect_to_another_worker_resumes_without_loss_or_repeat(
     assert provider.started == 1  # the same generation went on
 
 
-async def test_a_page_reloaded_on_another_worker_mid_stream_shows_the_whole_answer(start_workers):
+async def streaming_on_a(start_workers):
+    """Two workers; a conversation's answer streaming on A, its first two events read:
+    the other worker B, the conversation's id, the uid, A's open stream, those events."""
     provider = ScriptedProvider([Answer("Early words. "), Pause(0.3), Answer("Late words.")])
     a, b = await start_workers(provider=provider, grace_period=5)
     posted = await a.post("/process_prompt", data={"prompt": "hi"})
     cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
     uid = uid_from_snippet(await posted.text())
     listening = await a.get("/response-stream", params={"uid": uid})
-    await read_events(listening, 2)
+    return b, cid, uid, listening, await read_events(listening, 2)
+
+
+async def test_a_page_reloaded_on_another_worker_mid_stream_shows_the_whole_answer(start_workers):
+    b, cid, uid, listening, _ = await streaming_on_a(start_workers)
 
     page = await (await b.get(f"/c/{cid}")).text()
     assert f"uid={uid}&amp;after=0" in page  # B shows the stream from its first event
@@ -234,13 +240,7 @@ async def test_redis_lost_gives_readable_refusals_and_the_app_recovers_by_itself
 async def test_a_page_from_a_worker_that_follows_the_stream_replays_it_whole(start_workers):
     # B follows A's stream for another browser: it has the events, not what they
     # show on a page. A page it renders replays the stream from its first event.
-    provider = ScriptedProvider([Answer("Early words. "), Pause(0.3), Answer("Late words.")])
-    a, b = await start_workers(provider=provider, grace_period=5)
-    posted = await a.post("/process_prompt", data={"prompt": "hi"})
-    cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
-    uid = uid_from_snippet(await posted.text())
-    produced = await a.get("/response-stream", params={"uid": uid})
-    seen = await read_events(produced, 2)
+    b, cid, uid, produced, seen = await streaming_on_a(start_workers)
     followed = await b.get(
         "/response-stream", params={"uid": uid}, headers={"Last-Event-ID": seen[-1].id}
     )
