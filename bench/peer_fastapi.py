@@ -2,13 +2,9 @@
 
     python -m bench.peer_fastapi --port 9200 --base-url http://127.0.0.1:9100/v1
 
-It is what a small FastAPI tutorial would write: the same routes and event
-names as server.py (``POST /process_prompt`` → uid, ``GET
-/response-stream?uid=`` → ``thought``, ``answer_chunk``…, ``final_answer``,
-``close``), one ``answer_chunk`` per upstream token (no coalescing), HTML
-escaping, and nothing else: no limits, no resume, no pacing, no timeouts.
-It talks to the model server with an aiohttp ``ClientSession`` like the app,
-so the comparison is between the two *servers*, not two HTTP clients.
+It is what a small FastAPI tutorial would write (bench/peers.py says what
+both yardsticks do and leave out), with sse-starlette's ``EventSourceResponse``
+framing the events.
 
 It runs under uvicorn with httptools (a C HTTP parser, as aiohttp has) on
 the standard asyncio loop (as the app runs; no uvloop), with uvicorn's
@@ -20,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import html
-import json
 import secrets
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
@@ -31,10 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-DATA_PREFIX = b"data: "
-DONE_MARKER = b"[DONE]"
+from bench.peers import SNIPPET, UNKNOWN, tokens, upstream_session
+
 LINE_END = "\n"
-SNIPPET = '<div hx-ext="sse" sse-connect="/response-stream?uid={uid}" sse-close="close"></div>'
 
 
 def make_app(base_url: str) -> FastAPI:
@@ -43,7 +37,7 @@ def make_app(base_url: str) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with upstream_session() as session:
             clients["upstream"] = session
             yield
 
@@ -83,26 +77,15 @@ async def relay(
         return ServerSentEvent(data, event=name, id=str(event_id), sep=LINE_END)
 
     if prompt is None:
-        yield event("error", "This answer is unknown or has expired.")
+        yield event("error", UNKNOWN)
         yield event("close", "")
         return
     yield event("thought", "Connecting…")
-    body = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": prompt}]}
     answer = []
-    # Leaving the `async with` (also when the browser leaves and sse-starlette
-    # cancels us) closes the upstream response.
-    async with session.post(f"{base_url}/chat/completions", json=body) as response:
-        async for line in response.content:
-            if not line.startswith(DATA_PREFIX):
-                continue
-            data = line[len(DATA_PREFIX) :].strip()
-            if data == DONE_MARKER:
-                break
-            choices = json.loads(data).get("choices") or [{}]
-            content = choices[0].get("delta", {}).get("content")
-            if content:
-                answer.append(content)
-                yield event("answer_chunk", html.escape(content))
+    async with contextlib.aclosing(tokens(session, base_url, prompt)) as contents:
+        async for content in contents:
+            answer.append(content)
+            yield event("answer_chunk", html.escape(content))
     yield event("thought", "Done.")
     yield event("final_answer", f'<div class="answer-text">{html.escape("".join(answer))}</div>')
     yield event("close", "")

@@ -15,6 +15,9 @@ done (tokens, or round trips for S4), a category's share becomes
 microseconds per token.
 
     s1  50 prompts of 500 tokens, no delay, over and over
+    s2  100 prompts of 200 tokens 20 ms apart (a model's pace), started over
+        1 s, over and over, through the app with ``--answer-window 0``: the
+        per-token hand-off with coalescing off
     s3  ``--held`` streams at one token a second, held (only the holding is
         sampled, not the opening)
     s4  POST + GET + one token + close, 20 loops at once
@@ -50,6 +53,8 @@ SAMPLES_PER_S = 200
 SETTLE_S = 2.0  # after opening the held streams, before sampling
 CENSUS_WAIT_S = 3.0  # for the heap census to be written
 TOP_FUNCTIONS = 12
+#: The app's flags of a scenario, past APP_FLAGS.
+FLAGS = {"s2": ["--answer-window", "0"], "md-plain": ["--plain-stream"]}
 #: A sample belongs to the category of its innermost frame that matches one
 #: of these (first match in this order for that frame). Frames look like
 #: "function (path/file.py:line)".
@@ -210,7 +215,7 @@ class Session:
         return spy, raw
 
     async def profile(self, name: str) -> str:
-        app = self.app(f"app-{name}", *(["--plain-stream"] if name == "md-plain" else []))
+        app = self.app(f"app-{name}", *FLAGS.get(name, ()))
         try:
             await warm_up(app)
             if name.startswith("md"):
@@ -234,6 +239,14 @@ class Session:
         while time.monotonic() < deadline:
             await run_many(Target(app.name, app.base), orders, scenarios.STREAM_LIMIT_S)
             tokens += 50 * 500
+        return tokens, "token"
+
+    async def s2(self, app: Process) -> tuple[int, str]:
+        orders = [Directive(id="p2", tokens=200, delay=0.02, stamp=True) for _ in range(100)]
+        deadline, tokens = time.monotonic() + self.seconds, 0
+        while time.monotonic() < deadline:
+            await run_many(Target(app.name, app.base), orders, scenarios.STREAM_LIMIT_S, 1.0)
+            tokens += 100 * 200
         return tokens, "token"
 
     async def md(self, app: Process) -> tuple[int, str]:
@@ -294,7 +307,7 @@ async def hold(session: Session, held_count: int) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", default="s1,s3,s4", help="comma-separated: s1, s3, s4, md, md-plain"
+        "--only", default="s1,s3,s4", help="comma-separated: s1, s2, s3, s4, md, md-plain"
     )
     parser.add_argument(
         "--md-delay", type=float, default=0.0, help="md: seconds per token (0: full speed)"

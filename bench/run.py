@@ -250,10 +250,9 @@ class Servers:
         store.wait_ready()
         return store
 
-    def peer(self) -> Process:
-        return self._start(
-            "peer", ["-m", "bench.peer_fastapi", "--base-url", f"{self.upstream.base}/v1"]
-        )
+    def peer(self, name: str = "peer", module: str = "bench.peer_fastapi") -> Process:
+        """A yardstick relay: the FastAPI one unless told (``bench.peer_aiohttp``)."""
+        return self._start(name, ["-m", module, "--base-url", f"{self.upstream.base}/v1"])
 
     def stop(self, process: Process) -> None:
         process.stop()
@@ -342,15 +341,16 @@ class Bench:
         if {"s1", "s2", "s4", "release", "browser", "redis"} & set(only):
             await self.start_relays()
         if "s1" in only:
-            await self.section("s1", ["app", "app-w0", "peer"], self.s1)
+            await self.section("s1", ["app", "app-w0", "aiohttp", "peer"], self.s1)
         if "s2" in only:
-            await self.section("s2", ["floor", "app-w0", "app", "peer"], self.s2)
+            await self.section("s2", ["floor", "app-w0", "app", "aiohttp", "peer"], self.s2)
         if "first-text" in only:
             await self.first_text()
         if "s4" in only:
-            await self.section("s4", ["floor", "app", "peer"], self.s4)
+            await self.section("s4", ["floor", "app", "aiohttp", "peer"], self.s4)
         for size in self.plan.release_sizes if "release" in only else ():
-            await self.section(f"release-{size}", ["floor", "app", "peer"], self.release(size))
+            names = ["floor", "app", "aiohttp", "peer"]
+            await self.section(f"release-{size}", names, self.release(size))
         if "browser" in only:
             await self.browser()
         if "redis" in only:
@@ -369,6 +369,7 @@ class Bench:
         self.processes = {
             "app": self.servers.app("app"),
             "app-w0": self.servers.app("app-w0", window=0),
+            "aiohttp": self.servers.peer("aiohttp", "bench.peer_aiohttp"),
             "peer": self.servers.peer(),
         }
         for name, process in self.processes.items():
@@ -393,11 +394,18 @@ class Bench:
             self.targets[name], process, plan.s1_streams, plan.s1_tokens
         )
 
+    def process(self, name: str) -> Process:
+        """The process behind a target: for the floor, the fake upstream."""
+        if name == "floor":
+            return self.servers.upstream
+        return self.processes.get(name) or self.redis_apps[name]
+
     async def s2(self, name: str) -> dict:
         plan = self.plan
         return await scenarios.latency(
-            self.targets[name], plan.s2_streams, plan.s2_tokens, plan.s2_delay, S2_SPREAD_S
-        )
+            self.targets[name], self.process(name),
+            plan.s2_streams, plan.s2_tokens, plan.s2_delay, S2_SPREAD_S,
+        )  # fmt: skip
 
     async def first_text(self) -> None:
         """The app as shipped, its reasoning hold on, on a fresh process of its own."""
@@ -422,7 +430,7 @@ class Bench:
     async def s4(self, name: str) -> dict:
         plan = self.plan
         return await scenarios.prompt_round_trips(
-            self.targets[name], plan.s4_workers, plan.s4_seconds
+            self.targets[name], self.process(name), plan.s4_workers, plan.s4_seconds
         )
 
     def release(self, size: int) -> Callable[[str], Awaitable[dict]]:
@@ -582,7 +590,7 @@ class Bench:
         if name == "redis-ab":
             targets = self.targets["redis-a"], self.targets["redis-b"]
             return await scenarios.latency_elsewhere(*targets, *shape)
-        return await scenarios.latency(self.targets[name], *shape)
+        return await scenarios.latency(self.targets[name], self.process(name), *shape)
 
     async def redis_release(self, name: str) -> dict:
         plan = self.plan

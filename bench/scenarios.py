@@ -130,21 +130,28 @@ async def throughput(
 # --- S2: relay latency --------------------------------------------------------------------
 
 
-async def latency(target: Target, streams: int, tokens: int, delay: float, spread_s: float) -> dict:
-    """Paced streams with stamped tokens: upstream send → client read, per token.
+async def latency(
+    target: Target, process: Process, streams: int, tokens: int, delay: float, spread_s: float
+) -> dict:
+    """Paced streams with stamped tokens: upstream send → client read, per token;
+    and the CPU time of ``process`` (the relay; for the floor, the fake upstream)
+    per token.
 
     The starts are spread over ``spread_s``: a hundred prompts sent in the
     same millisecond would also end in the same millisecond, and the p99
     would measure that one burst of setup and final answers, not the relay.
     """
     orders = directives("s2", streams, tokens=tokens, delay=delay, stamp=True)
+    before = process.cpu_seconds()
     received, _ = await run_many(target, orders, STREAM_LIMIT_S, spread_s)
+    cpu = process.cpu_seconds() - before
     latencies = [ns for stream in received for ns in stream.latencies_ns()]
     first_events = [ns for stream in received if (ns := stream.first_event_ns()) is not None]
     return {
         "p50_ms": milliseconds(latencies, 0.50),
         "p99_ms": milliseconds(latencies, 0.99),
         "first_event_p99_ms": milliseconds(first_events, 0.99),
+        "cpu_us_per_token": cpu / (streams * tokens) * 1e6,
         **checked(received),
     }
 
@@ -441,14 +448,25 @@ async def reset_upstream(upstream: Target) -> None:
 # --- S4: prompt round trips ---------------------------------------------------------------
 
 
-async def prompt_round_trips(target: Target, workers: int, seconds: float) -> dict:
-    """POST + GET + one token + close, in ``workers`` loops, for ``seconds``."""
+async def prompt_round_trips(
+    target: Target, process: Process, workers: int, seconds: float
+) -> dict:
+    """POST + GET + one token + close, in ``workers`` loops, for ``seconds``; and the
+    CPU time of ``process`` (the relay; for the floor, the fake upstream) per round
+    trip."""
     started = time.perf_counter()
+    before = process.cpu_seconds()
     exact, failed = await round_trips(
         target, workers, seconds, Directive(id="s4", tokens=1), STREAM_LIMIT_S
     )
+    cpu = process.cpu_seconds() - before
     elapsed = time.perf_counter() - started
-    return {"round_trips_per_s": exact / elapsed, "checked": exact + failed, "exact": exact}
+    return {
+        "round_trips_per_s": exact / elapsed,
+        "cpu_ms_per_round_trip": cpu / max(1, exact + failed) * 1e3,
+        "checked": exact + failed,
+        "exact": exact,
+    }
 
 
 # --- the Markdown answer, rendered while it streams ----------------------------------------
