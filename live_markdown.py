@@ -196,10 +196,16 @@ _MAYBE_BLOCK = re.compile(
 #: The end of a paragraph's text that may still change meaning: an entity or an
 #: escape being written, a run of ``*`` or backticks that may grow.
 _UNFINISHED_TAIL = re.compile(r"(?:&#?\w*|\\|[*_`~!\[]+)$")
-#: Text with none of the characters where inline Markdown can start (markdown-it's
-#: text rule stops at exactly these; "<", ">" and "&" among them): as HTML, it is
-#: itself, but for its double quotes.
-_PLAIN_TEXT = re.compile(r"[^\n!#$%&*+\-:<=>@\[\\\]^_`{}~]*")
+#: Text with none of the characters where an inline rule of ours can start
+#: (``PLAIN_TEXT_RULES``: escapes, code spans, emphasis, links and images,
+#: autolinks and entities; markdown-it's text rule also stops at characters such
+#: as "@", "$" or "~" for rules we do not enable): as HTML, it is itself with
+#: ">" and '"' escaped, which is all markdown-it would do to it.
+_PLAIN_TEXT = re.compile(r"[^\n!&*<\[\\\]_`]*")
+#: The inline rules ``_PLAIN_TEXT`` is drawn for (tests/test_live_markdown.py
+#: checks that make_markdown() enables exactly these).
+PLAIN_TEXT_RULES = ("text", "newline", "escape", "backticks", "emphasis", "link", "image",
+                    "autolink", "html_inline", "entity")  # fmt: skip
 _TRAILING_CLOSER = re.compile(r"</([a-z][a-z0-9]*)>\s*$")
 _TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)[^>]*?(/?)>")
 _VOID = frozenset({"br", "hr", "img", "input", "wbr"})
@@ -401,7 +407,7 @@ class LiveMarkdown:
         if start == 0:
             text = text.lstrip()
         if _PLAIN_TEXT.fullmatch(text):  # words and punctuation: nothing to parse
-            rendered = text.replace('"', "&quot;")  # what markdown-it would give
+            rendered = text.replace(">", "&gt;").replace('"', "&quot;")  # as markdown-it would
         else:
             rendered = self._md.renderInline(text, self._env)
         if start == 0 and self._kind == "paragraph" and self._lines and self._lines[-1].strip():

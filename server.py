@@ -304,6 +304,7 @@ class Stream:
         self.ended_at: float | None = None  # when `close` was appended
         self.producer: asyncio.Task[None] | None = None
         self.listeners = 0
+        self.caught_up: list[Listener] = []  # listeners waiting for the next frame
         self.stop_reason: str | None = None  # set when we end the generation on purpose
         self.timer: asyncio.TimerHandle | None = None  # ends it when nobody comes back
         self.last_event_at = self.created  # for the pinger: quiet streams need a ping
@@ -335,16 +336,44 @@ class Stream:
                 frames[older] = None
             self._latest[event.name] = len(frames) - 1
         self.last_event_at = time.monotonic()
-        self.wake()
+        if asyncio.current_task() is not self.producer:
+            self.wake()  # (the producer's own frames go out in hand_off, without one)
 
     def end(self) -> None:
         """Append `close`: the log is complete, and nothing can follow."""
         self.append(close_event())
         self.closed = True
         self.ended_at = time.monotonic()
+        self.wake()
 
     def frames_after(self, event_id: int) -> bytes:
         return b"".join(frame for frame in self.frames[event_id:] if frame is not None)
+
+    async def hand_off(self) -> None:
+        """The producer, after each provider event: write the frames it appended to
+        every listener that waits for them (``caught_up``), from its own task.
+
+        Waking each listener's task to write them would cost one more trip through
+        the event loop per event. A listener whose socket still holds unsent
+        bytes, or is gone, is woken instead: it writes (or fails) with its time limit.
+        """
+        end = len(self.frames)
+        woken = False
+        for listener in self.caught_up:
+            if listener.position == end:
+                continue
+            data = self.frames_after(listener.position)
+            if not writes_at_once(listener.transport, data):
+                woken = True
+                continue
+            try:
+                await listener.response.write(data)  # cannot wait: see writes_at_once
+            except ConnectionError:
+                woken = True
+                continue
+            listener.position, listener.last_write = end, time.monotonic()
+        if woken:
+            self.wake()
 
     async def changed(self) -> None:
         """Wait for the next event, or for the pinger's wake-up."""
@@ -1118,6 +1147,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
                 async with aclosing(app[PROVIDER].stream(stream.request)) as events:
                     async for event in events:
                         ending = relay.take(event)
+                        await stream.hand_off()  # its frames, to the listeners waiting
                         if ending is not None:
                             outcome = ending  # leaving the loop closes the provider
                             break
@@ -1154,6 +1184,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         error = relay.error or (None if ended_well else LEFT_UNFINISHED)
         transcript.compact()
         stream.turn.end(outcome, transcript, error, view or answer_view(app, stream, transcript))
+        await stream.hand_off()  # the final answer (or error), before it is kept
         try:
             await app[STORE].keep_answer(stream)  # before `close`: the next prompt builds on it
         finally:
@@ -1301,6 +1332,20 @@ def last_event_id(request: web.Request) -> int | None:
     return event_id if event_id or header is None else None
 
 
+class Listener:
+    """One browser's connection to a stream: how far into the log it has been written."""
+
+    __slots__ = ("last_write", "position", "response", "transport")
+
+    def __init__(
+        self, response: web.StreamResponse, transport: asyncio.Transport | None, position: int
+    ) -> None:
+        self.response = response
+        self.transport = transport
+        self.position = position  # the frames up to here are written
+        self.last_write = time.monotonic()  # the clock of Stream.last_event_at and the pinger
+
+
 async def listen(
     stream: Stream,
     response: web.StreamResponse,
@@ -1310,21 +1355,27 @@ async def listen(
 ) -> None:
     """Write the stream's events after ``position`` as they come, until `close`,
     and a ping when it is quiet (ping_forever wakes quiet listeners)."""
-    last_write = time.monotonic()  # the clock of Stream.last_event_at and the pinger
+    listener = Listener(response, transport, position)
     while True:
-        if position < len(stream.frames):
+        if listener.position < len(stream.frames):
             end = len(stream.frames)
-            await write(response, stream.frames_after(position), config.write_timeout, transport)
-            position, last_write = end, time.monotonic()
+            data = stream.frames_after(listener.position)
+            await write(response, data, config.write_timeout, transport)
+            listener.position, listener.last_write = end, time.monotonic()
             continue  # more may have come while writing
         if stream.closed:
             return
-        if time.monotonic() - last_write >= config.ping_interval:
+        if time.monotonic() - listener.last_write >= config.ping_interval:
             await write(response, PING, config.write_timeout, transport)
-            last_write = time.monotonic()
+            listener.last_write = time.monotonic()
             continue  # events may have come while the ping was written
-        # No timer per wait: that was one more timer per event per listener.
-        await stream.changed()
+        # Caught up: while it waits, the producer writes the next frames itself
+        # (Stream.hand_off). No timer per wait: that was one more timer per event.
+        stream.caught_up.append(listener)
+        try:
+            await stream.changed()
+        finally:
+            stream.caught_up.remove(listener)
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -1854,6 +1905,17 @@ class ClientTooSlow(Exception):
 UNTIMED_WRITE_BYTES = 16 * 1024
 
 
+def writes_at_once(transport: asyncio.Transport | None, data: bytes) -> bool:
+    """Whether writing ``data`` returns at once: the socket's buffer is empty and
+    the data small, so aiohttp hands it to the kernel and does not wait."""
+    return (
+        transport is not None
+        and len(data) <= UNTIMED_WRITE_BYTES
+        and not transport.is_closing()
+        and transport.get_write_buffer_size() == 0
+    )
+
+
 async def write(
     response: web.StreamResponse,
     data: bytes,
@@ -1861,13 +1923,8 @@ async def write(
     transport: asyncio.Transport | None = None,
 ) -> None:
     """``response.write(data)``, giving up (ClientTooSlow) after ``patience`` seconds."""
-    # The common case needs no timer: the socket's buffer is empty, so this
-    # write returns at once. (A timer per write was ~10% of the CPU per token.)
-    if (
-        transport is not None
-        and len(data) <= UNTIMED_WRITE_BYTES
-        and transport.get_write_buffer_size() == 0
-    ):
+    # The common case needs no timer. (A timer per write was ~10% of the CPU per token.)
+    if writes_at_once(transport, data):
         await response.write(data)
         return
     # A browser that reads nothing would make the write wait, and its data

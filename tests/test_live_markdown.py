@@ -4,11 +4,18 @@ final rendering: cut anywhere, resumed anywhere, whatever the model writes."""
 import asyncio
 import random
 import re
+import string
 from pathlib import Path
 
 import pytest
 
-from live_markdown import LIVE_BLOCK_CHARS, LiveMarkdown, make_markdown
+from live_markdown import (
+    _PLAIN_TEXT,
+    LIVE_BLOCK_CHARS,
+    PLAIN_TEXT_RULES,
+    LiveMarkdown,
+    make_markdown,
+)
 from providers.events import Answer
 from tests.answer_dom import AnswerModel, Element, normalized, parse
 from tests.conftest import Hang, Pause, ScriptedProvider, post_prompt
@@ -64,6 +71,24 @@ LINES = [
     "10. ten\n", "<b>raw</b>\n", "line  \n", "`tick\n", "_under_ and __dbl__\n",
     "![img](a.png)\n", "   - three space\n", "a\r\n", "b\r", "\n\n\n",
 ]  # fmt: skip
+
+
+def test_plain_text_is_shown_as_markdown_it_would_render_it():
+    # The renderer skips markdown-it for text without any character where one of
+    # the enabled inline rules can start: those rules, and that text, rendered alike.
+    assert tuple(MARKDOWN.inline.ruler.get_active_rules()) == PLAIN_TEXT_RULES
+    rng = random.Random(7)
+    characters = " abz09\t\u00e9\u2028\u4e2d" + string.punctuation
+    shown = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(characters) for _ in range(rng.randint(1, 16))).strip()
+        if text and _PLAIN_TEXT.fullmatch(text):
+            # Words around it: a paragraph (not a heading, a list…), nothing held back.
+            line = f"w {text} w"
+            live = LiveMarkdown(MARKDOWN, ANSWER)
+            assert live.feed(line + " ") == MARKDOWN.render(line), repr(line)
+            shown += 1
+    assert shown > 500
 
 
 @pytest.mark.parametrize("seed", range(4))
