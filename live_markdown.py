@@ -206,6 +206,8 @@ _PLAIN_TEXT = re.compile(r"[^\n!&*<\[\\\]_`]*")
 #: checks that make_markdown() enables exactly these).
 PLAIN_TEXT_RULES = ("text", "newline", "escape", "backticks", "emphasis", "link", "image",
                     "autolink", "html_inline", "entity")  # fmt: skip
+#: Where the constructs ``first_open`` looks for can begin.
+_CONSTRUCT_START = re.compile(r"[\\`*_\[]")
 _TRAILING_CLOSER = re.compile(r"</([a-z][a-z0-9]*)>\s*$")
 _TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)[^>]*?(/?)>")
 _VOID = frozenset({"br", "hr", "img", "input", "wbr"})
@@ -246,6 +248,10 @@ class LiveMarkdown:
         # The page: how many blocks it has, and its last one as it shows it.
         self._page_blocks = 0
         self._page_last = ""
+        # What the open paragraph grew by at its end since the page's last chunk, when
+        # nothing else changed (``_grow``); the next chunk is that, without a diff.
+        self._appended: list[str] = []
+        self._appended_to = ""  # the open paragraph after those growths
 
     def final_html(self) -> str | None:
         """After ``finish()``: the whole answer rendered, which is what the page shows,
@@ -426,8 +432,16 @@ class LiveMarkdown:
 
     def _grow(self, content: str) -> None:
         """Add HTML to the end of the open block (before its closing tag)."""
-        at = self._open.rindex("</")
-        self._open = self._open[:at] + content + self._open[at:]
+        before = self._open
+        at = before.rindex("</")
+        self._open = before[:at] + content + before[at:]
+        if self._kind == "paragraph" and (
+            before is self._page_last or (self._appended and before is self._appended_to)
+        ):
+            self._appended.append(content)
+            self._appended_to = self._open
+        else:
+            self._appended.clear()
 
     # --- code, table rows, list items: the open block grows by the new line only -------------
 
@@ -530,6 +544,12 @@ class LiveMarkdown:
         blocks = len(self._done) + bool(self._open)
         if blocks == 0:
             return ""
+        appended, self._appended = self._appended, []
+        if appended and self._appended_to is self._open and self._page_blocks == blocks:
+            # Only the page's paragraph grew, at its end: the growth is the chunk
+            # (what _change would find, without comparing the two).
+            self._page_last = self._open
+            return "".join(appended)
         last_now = self._open if blocks > len(self._done) else self._done[-1]
         if blocks == self._page_blocks and last_now is self._page_last:
             return ""  # nothing new to show
@@ -591,7 +611,10 @@ def first_open(text: str, start: int, end: int) -> int | None:
     """Where the first inline construct still open in ``text[start:end]`` begins:
     a code span without its closing backticks, emphasis without its closer, a link
     without its ``]`` or ``)``. None when everything is closed."""
-    i = start
+    found = _CONSTRUCT_START.search(text, start, end)
+    if found is None:
+        return None  # (most text: no character to look at one by one)
+    i = found.start()
     while i < end:
         char = text[i]
         if char == "\\":
