@@ -261,9 +261,13 @@ class OpenAIProvider:
             yield Status(WAITING_STATUS)
             translator = _Translator(self._settings)
             chunks = response.content.iter_any()
-            while not translator.ended:
-                for event in await self._next_events(chunks, translator, clock):
-                    yield event
+            alarm = _Alarm(clock, translator)
+            try:
+                while not translator.ended:
+                    for event in await self._next_events(chunks, translator, clock, alarm):
+                        yield event
+            finally:
+                alarm.off()
         finally:
             # Closed, not drained: dropping the connection of a half-read
             # response is how the model server learns to stop generating.
@@ -543,17 +547,20 @@ class OpenAIProvider:
         return _clean(text, self._settings.api_key)
 
     async def _next_events(
-        self, chunks: AsyncIterator[bytes], translator: _Translator, clock: _Clock
+        self,
+        chunks: AsyncIterator[bytes],
+        translator: _Translator,
+        clock: _Clock,
+        alarm: _Alarm,
     ) -> list[ProviderEvent]:
         """Wait for the next read, or for the earliest deadline, and translate what happened."""
-        deadline, limit = clock.next_deadline(translator)
         try:
-            async with clock.timeout(deadline):
+            async with alarm:
                 data = await anext(chunks, b"")
         except TimeoutError:
-            if limit is _Limit.HOLD:
+            if alarm.limit is _Limit.HOLD:
                 return translator.poll(clock.now())
-            return translator.end(clock.expired_message(limit))
+            return translator.end(clock.expired_message(alarm.limit))
         except (aiohttp.ClientError, OSError):
             return translator.end(BROKEN)
         if not data:
@@ -634,6 +641,61 @@ class _Clock:
                 f"{self._settings.first_token_timeout:g} s."
             )
         return f"The model server went silent for {self._settings.idle_timeout:g} s."
+
+
+class _Alarm:
+    """The time limits of one stream's reads (``_Clock.next_deadline``), with one
+    timer for the stream instead of one per read.
+
+    A read moves the deadline on without touching the timer; when the timer goes
+    off, it looks at the deadline again and, if it has moved, sets itself for the
+    new one. ``async with alarm:`` around a read raises TimeoutError, as
+    ``asyncio.timeout`` would, once a deadline has really passed (``limit`` says
+    which); a deadline that comes sooner (held text's) sets the timer sooner.
+    """
+
+    def __init__(self, clock: _Clock, translator: _Translator) -> None:
+        self._clock, self._translator = clock, translator
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None  # the task reading, while it reads
+        self._cancelling = 0
+        self._rang = False
+        self.limit = _Limit.IDLE  # the deadline that passed, once one has
+
+    async def __aenter__(self) -> None:
+        deadline, _ = self._clock.next_deadline(self._translator)
+        if self._timer is None or deadline < self._timer.when():
+            self.off()
+            self._timer = self._loop.call_at(deadline, self._ring)  # (the same clock)
+        self._task = asyncio.current_task()
+        assert self._task is not None
+        self._cancelling = self._task.cancelling()
+        self._rang = False
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        task, self._task = self._task, None
+        assert task is not None
+        if self._rang:
+            self._rang = False
+            # As asyncio.timeout: our cancellation, and nobody else's (a Stop).
+            if task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
+                raise TimeoutError
+
+    def _ring(self) -> None:
+        self._timer = None
+        deadline, self.limit = self._clock.next_deadline(self._translator)
+        if deadline > self._loop.time():
+            self._timer = self._loop.call_at(deadline, self._ring)
+        elif self._task is not None:
+            self._rang = True
+            self._task.cancel()
+        # (Not reading: the next read finds the deadline passed and rings at once.)
+
+    def off(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 # --- from chunks to domain events ---

@@ -1126,6 +1126,15 @@ async def test_idle_stall_ends_with_a_failure(run: Run, split: str) -> None:
     assert result.seconds < SHORT + 1
 
 
+async def test_silence_is_timed_from_the_last_read_however_long_the_stream(run: Run) -> None:
+    # Six tokens SHORT / 3 apart: the stream outlives its first deadline, then goes
+    # silent after the last token (at 2 SHORT), and fails SHORT later, not sooner.
+    steady = [part for n in range(6) for part in (Pause(SHORT / 3), chunk(content=f"{n} "))]
+    result = await run(steady, stall=10, settings={"idle_timeout": SHORT})
+    assert_failure(result, "0 1 2 3 4 5 ", f"went silent for {SHORT:g} s")
+    assert 3 * SHORT * 0.95 <= result.seconds < 3 * SHORT + 1
+
+
 async def test_comments_keep_an_idle_stream_alive(run: Run) -> None:
     keep_alive = [comment(), Pause(SHORT / 3)] * 6  # twice the idle limit, in comments
     result = await run(
