@@ -1,7 +1,8 @@
 """The benchmark's scenarios: each drives one target and returns its figures.
 
 A *target* is something the load client talks to (bench/load.py): the app,
-its FastAPI peer, or the bare fake upstream (the latency floor). A scenario
+a yardstick peer (aiohttp + aiohttp-sse, FastAPI + sse-starlette), or the bare
+fake upstream (the latency floor). A scenario
 takes a target and its process (for CPU time and memory from /proc) and
 returns a plain dict of figures; bench/run.py runs the scenarios, takes the
 median of the runs and prints the table.
@@ -11,7 +12,8 @@ is how many answers were read, ``exact`` how many were exactly what the
 upstream sent, with nothing lost or repeated.
 
 A scenario given the app's Redis (``store``, a bench/procs.RedisServer) also
-reports Redis's own CPU time, and held streams its memory (``INFO memory``).
+reports Redis's own CPU time (per token in S1, S2 and held streams, per round
+trip in S4), and held streams its memory (``INFO memory``).
 """
 
 from __future__ import annotations
@@ -131,11 +133,17 @@ async def throughput(
 
 
 async def latency(
-    target: Target, process: Process, streams: int, tokens: int, delay: float, spread_s: float
+    target: Target,
+    process: Process,
+    streams: int,
+    tokens: int,
+    delay: float,
+    spread_s: float,
+    store: RedisServer | None = None,
 ) -> dict:
     """Paced streams with stamped tokens: upstream send → client read, per token;
     and the CPU time of ``process`` (the relay; for the floor, the fake upstream)
-    per token.
+    per token (``cpu_us_per_token``), and the app's Redis's apart.
 
     The starts are spread over ``spread_s``: a hundred prompts sent in the
     same millisecond would also end in the same millisecond, and the p99
@@ -143,17 +151,22 @@ async def latency(
     """
     orders = directives("s2", streams, tokens=tokens, delay=delay, stamp=True)
     before = process.cpu_seconds()
+    store_before = store.cpu_seconds() if store else 0.0
     received, _ = await run_many(target, orders, STREAM_LIMIT_S, spread_s)
     cpu = process.cpu_seconds() - before
     latencies = [ns for stream in received for ns in stream.latencies_ns()]
     first_events = [ns for stream in received if (ns := stream.first_event_ns()) is not None]
-    return {
+    figures = {
         "p50_ms": milliseconds(latencies, 0.50),
         "p99_ms": milliseconds(latencies, 0.99),
         "first_event_p99_ms": milliseconds(first_events, 0.99),
         "cpu_us_per_token": cpu / (streams * tokens) * 1e6,
         **checked(received),
     }
+    if store:
+        store_cpu = store.cpu_seconds() - store_before
+        figures["store_cpu_us_per_token"] = store_cpu / (streams * tokens) * 1e6
+    return figures
 
 
 async def latency_elsewhere(
@@ -252,10 +265,13 @@ async def hold(
     resident memory while holding (its workers' too), less what it used before
     the first stream, divided by the streams held; with a ``store``, the same
     of Redis's ``used_memory``.
-    Latency is every token read during the hold. The CPU shares of the fake
-    upstream and of this client show whether the machine, not the relay,
-    was the limit. Then everyone leaves at once, which also gives the
-    upstream-release figure at this size.
+    Latency is every token read during the hold. CPU per token
+    (``cpu_us_per_token``) is the relay's CPU time over the hold window divided
+    by the tokens read in it (each held stream's new tokens, about held x
+    ``hold_s``: what a token costs at this scale); with a ``store``, Redis's
+    apart. The CPU shares of the fake upstream and of this client show whether
+    the machine, not the relay, was the limit. Then everyone leaves at once,
+    which also gives the upstream-release figure at this size.
     """
     upstream_target = Target(upstream.name, upstream.base, direct=True)
     await reset_upstream(upstream_target)
@@ -276,12 +292,13 @@ async def hold(
     cpu_after = [each.cpu_seconds() for each in watched] + [cpu_seconds(os.getpid())]
     relay_cpu, upstream_cpu, *store_cpu, client_cpu = (
         (after - before) / hold_s for before, after in zip(cpu_before, cpu_after, strict=True)
-    )
+    )  # shares of a core over the window
     memory = process.rss_bytes() - memory_before
     store_memory = store.used_memory() - store_memory_before if store else 0
     open_files = process.open_files()
     alive = held.with_token_since(window_end - int(HELD_RECENT_S * NANOS))
     latencies = [ns for stream in alive for ns in stream.latencies_ns(window_start, window_end)]
+    tokens_read = max(1, len(latencies))  # one latency per token read in the window
     await held.drop_all()
     freed = await released(upstream_target, held.streams)
     failures = sorted({stream.failure for stream in held.streams if stream.failure})
@@ -294,6 +311,8 @@ async def hold(
         "p50_ms": milliseconds(latencies, 0.50),
         "p99_ms": milliseconds(latencies, 0.99),
         "cpu_share": relay_cpu,
+        "tokens_in_window": len(latencies),
+        "cpu_us_per_token": relay_cpu * hold_s / tokens_read * 1e6,
         "upstream_cpu_share": upstream_cpu,
         "client_cpu_share": client_cpu,
         "release_p99_ms": freed["p99_ms"],
@@ -307,6 +326,7 @@ async def hold(
     if store:
         figures["store_kb_per_stream"] = store_memory / max(1, len(alive)) / 1024
         figures["store_cpu_share"] = store_cpu[0]
+        figures["store_cpu_us_per_token"] = store_cpu[0] * hold_s / tokens_read * 1e6
     return figures
 
 
@@ -449,24 +469,33 @@ async def reset_upstream(upstream: Target) -> None:
 
 
 async def prompt_round_trips(
-    target: Target, process: Process, workers: int, seconds: float
+    target: Target,
+    process: Process,
+    workers: int,
+    seconds: float,
+    store: RedisServer | None = None,
 ) -> dict:
     """POST + GET + one token + close, in ``workers`` loops, for ``seconds``; and the
     CPU time of ``process`` (the relay; for the floor, the fake upstream) per round
-    trip."""
+    trip (``cpu_ms_per_round_trip``), and the app's Redis's apart."""
     started = time.perf_counter()
     before = process.cpu_seconds()
+    store_before = store.cpu_seconds() if store else 0.0
     exact, failed = await round_trips(
         target, workers, seconds, Directive(id="s4", tokens=1), STREAM_LIMIT_S
     )
     cpu = process.cpu_seconds() - before
     elapsed = time.perf_counter() - started
-    return {
+    trips = max(1, exact + failed)
+    figures = {
         "round_trips_per_s": exact / elapsed,
-        "cpu_ms_per_round_trip": cpu / max(1, exact + failed) * 1e3,
+        "cpu_ms_per_round_trip": cpu / trips * 1e3,
         "checked": exact + failed,
         "exact": exact,
     }
+    if store:
+        figures["store_cpu_ms_per_round_trip"] = (store.cpu_seconds() - store_before) / trips * 1e3
+    return figures
 
 
 # --- the Markdown answer, rendered while it streams ----------------------------------------
