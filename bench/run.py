@@ -1,31 +1,39 @@
 """The relay benchmark: one command, every process on 127.0.0.1, one table.
 
-    python bench/run.py            # the full run, about 4 minutes
-    python bench/run.py --quick    # a smaller run, under a minute
+    python bench/run.py            # the full run, about 19 minutes (the bench/README.md table)
+    python bench/run.py --quick    # a smaller run, once each: about 4 minutes
     python bench/run.py --json out.json   # also keep every figure of every run
     python bench/run.py --logs DIR        # and keep the servers' logs
     python bench/run.py --only markdown   # one section alone (its rows of the table)
 
 It starts, each in its own process: the fake OpenAI-compatible model server
 (bench/upstream.py), the app (``server.py --provider openai``) with its limits
-raised, the same app with ``--answer-window 0``, and a minimal FastAPI +
-sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
-(bench/load.py) runs in this process. The scenarios (bench/scenarios.py):
+raised, the same app with ``--answer-window 0``, and two minimal relays for
+comparison (``PEERS``, bench/peers.py): aiohttp + aiohttp-sse, the app's own
+stack (bench/peer_aiohttp.py), and FastAPI + sse-starlette
+(bench/peer_fastapi.py). The load client (bench/load.py) runs in this
+process. The scenarios (bench/scenarios.py):
 
 - S1 throughput: 50 prompts at once, 500 tokens each, no delay; tokens/s and
-  the relay's CPU time per token (utime + stime from /proc).
+  the relay's CPU time per token.
 - S2 latency: 100 prompts at once (started over 1 s), 200 tokens 20 ms apart; upstream send →
   client read per token, p50/p99, and the time to the first event; with
   coalescing off, with the default window, and straight from the upstream
-  (the floor: what the machine and the client cost without any relay).
+  (the floor: what the machine and the client cost without any relay); each
+  relay's CPU time per token (the app's with coalescing off against the
+  aiohttp-sse peer's).
 - First answer text: a handful of untagged answers through the app with its
   default reasoning hold (a fresh process); upstream send of the first token →
   the client reading the first event that shows it.
-- S3 held streams: thousands of streams at one token a second, held open;
-  how many stay alive, memory per stream, latency (a fresh app each size).
-- S4 prompt round trips: POST + GET + one token + close, 20 loops at once.
+- S3 held streams: 100 to 10,000 streams at one token a second, held open;
+  how many stay alive, CPU per token and memory per stream at each size (the
+  scale: flat is the goal), latency (a fresh app each size; each peer at
+  1,000, on a fresh process too).
+- S4 prompt round trips: POST + GET + one token + close, 20 loops at once;
+  round trips/s and CPU per round trip.
 - Upstream release: many streams, then every client leaves at once; how
-  long until the upstream sees each request closed (grace period 0).
+  long until the upstream sees each request closed (grace period 0), against
+  the floor (the client leaving the upstream itself).
 - Browser: swaps per second on the real page for a 1,000 tokens/s model.
 - Markdown: a realistic 4,000-token Markdown answer (bench/markdown_answer.md)
   through fresh apps: the bytes of its rendered ``answer_chunk`` data against
@@ -33,6 +41,10 @@ sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
   the app's CPU per token rendering while it streams against the same app with
   ``--plain-stream``, both at once (same moment, same load), at a model's pace
   and at full speed.
+- Redis (``--only redis``): the app on a Redis of its own, one worker and
+  ``--workers 2``, beside the in-memory app: S1, S2, S4, the release, Stop
+  on another process, first GETs at once, held streams (one worker at 1,000
+  and 5,000, two at 10,000, a fresh Redis each).
 
 S1, S2, S4 and release run ``runs`` times, the targets taking turns within
 each run (so a slow moment of the machine hits all of them), and the table
@@ -191,7 +203,7 @@ FULL = Plan(
     redis_s3_ramp_s=120.0,
     limit_s=1800.0,
 )
-#: The same scenarios, smaller and once each: about 4 minutes (3 for --only redis).
+#: The same scenarios, smaller and once each: about 4 minutes (2 for --only redis).
 QUICK = replace(
     FULL,
     runs=1,

@@ -165,7 +165,7 @@ def throughput_rows(figures: dict, busy: str) -> list[Row]:
     shape = f"{plan['s1_streams']} x {plan['s1_tokens']}"
     versus_fastapi = ratio(app["tokens_per_s"], peer.get("tokens_per_s"))
     tokens = three(f"S1 tokens/s ({shape}, no delay)", s1, "tokens_per_s", "", 0, busy)
-    tokens.target = f">= {THROUGHPUT_TIMES_PEER:g}x FastAPI: {number(versus_fastapi, 'x', 1)}"
+    tokens.target = f">= {THROUGHPUT_TIMES_PEER:g}x FastAPI: {number(versus_fastapi, 'x', 2)}"
     tokens.met = met(versus_fastapi, THROUGHPUT_TIMES_PEER, at_least=True)
     tokens.exact = exact(*(s1[name] for name in ("app", AIOHTTP, FASTAPI) if name in s1))
     cpu = three("S1 relay CPU per token", s1, "cpu_us_per_token", " us", 1, busy)

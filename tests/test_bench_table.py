@@ -95,7 +95,7 @@ def test_targets_against_the_peers_and_the_floor():
     rows = by_figure(table.rows(made_up(FULL)))
     tokens = rows["S1 tokens/s (50 x 500, no delay)"]
     assert (tokens.app, tokens.aiohttp, tokens.peer) == ("1,000", "1,000", "1,000")
-    assert (tokens.target, tokens.met) == (">= 2x FastAPI: 1.0x", "NO")
+    assert (tokens.target, tokens.met) == (">= 2x FastAPI: 1.00x", "NO")
     cpu = rows["S2 CPU per token, window 0 (app --answer-window 0)"]
     assert (cpu.app, cpu.aiohttp, cpu.ratio, cpu.met) == ("12.0 us", "10.0 us", "1.20x", "NO")
     trips = rows["S4 prompt round trips/s (20 at once)"]
