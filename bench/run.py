@@ -1,31 +1,39 @@
 """The relay benchmark: one command, every process on 127.0.0.1, one table.
 
-    python bench/run.py            # the full run, about 4 minutes
-    python bench/run.py --quick    # a smaller run, under a minute
+    python bench/run.py            # the full run, about 19 minutes (the bench/README.md table)
+    python bench/run.py --quick    # a smaller run, once each: about 4 minutes
     python bench/run.py --json out.json   # also keep every figure of every run
     python bench/run.py --logs DIR        # and keep the servers' logs
     python bench/run.py --only markdown   # one section alone (its rows of the table)
 
 It starts, each in its own process: the fake OpenAI-compatible model server
 (bench/upstream.py), the app (``server.py --provider openai``) with its limits
-raised, the same app with ``--answer-window 0``, and a minimal FastAPI +
-sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
-(bench/load.py) runs in this process. The scenarios (bench/scenarios.py):
+raised, the same app with ``--answer-window 0``, and two minimal relays for
+comparison (``PEERS``, bench/peers.py): aiohttp + aiohttp-sse, the app's own
+stack (bench/peer_aiohttp.py), and FastAPI + sse-starlette
+(bench/peer_fastapi.py). The load client (bench/load.py) runs in this
+process. The scenarios (bench/scenarios.py):
 
 - S1 throughput: 50 prompts at once, 500 tokens each, no delay; tokens/s and
-  the relay's CPU time per token (utime + stime from /proc).
+  the relay's CPU time per token.
 - S2 latency: 100 prompts at once (started over 1 s), 200 tokens 20 ms apart; upstream send →
   client read per token, p50/p99, and the time to the first event; with
   coalescing off, with the default window, and straight from the upstream
-  (the floor: what the machine and the client cost without any relay).
+  (the floor: what the machine and the client cost without any relay); each
+  relay's CPU time per token (the app's with coalescing off against the
+  aiohttp-sse peer's).
 - First answer text: a handful of untagged answers through the app with its
   default reasoning hold (a fresh process); upstream send of the first token →
   the client reading the first event that shows it.
-- S3 held streams: thousands of streams at one token a second, held open;
-  how many stay alive, memory per stream, latency (a fresh app each size).
-- S4 prompt round trips: POST + GET + one token + close, 20 loops at once.
+- S3 held streams: 100 to 10,000 streams at one token a second, held open;
+  how many stay alive, CPU per token and memory per stream at each size (the
+  scale: flat is the goal), latency (a fresh app each size; each peer at
+  1,000, on a fresh process too).
+- S4 prompt round trips: POST + GET + one token + close, 20 loops at once;
+  round trips/s and CPU per round trip.
 - Upstream release: many streams, then every client leaves at once; how
-  long until the upstream sees each request closed (grace period 0).
+  long until the upstream sees each request closed (grace period 0), against
+  the floor (the client leaving the upstream itself).
 - Browser: swaps per second on the real page for a 1,000 tokens/s model.
 - Markdown: a realistic 4,000-token Markdown answer (bench/markdown_answer.md)
   through fresh apps: the bytes of its rendered ``answer_chunk`` data against
@@ -33,6 +41,10 @@ sse-starlette relay for comparison (bench/peer_fastapi.py). The load client
   the app's CPU per token rendering while it streams against the same app with
   ``--plain-stream``, both at once (same moment, same load), at a model's pace
   and at full speed.
+- Redis (``--only redis``): the app on a Redis of its own, one worker and
+  ``--workers 2``, beside the in-memory app: S1, S2, S4, the release, Stop
+  on another process, first GETs at once, held streams (one worker at 1,000
+  and 5,000, two at 10,000, a fresh Redis each).
 
 S1, S2, S4 and release run ``runs`` times, the targets taking turns within
 each run (so a slow moment of the machine hits all of them), and the table
@@ -59,7 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import browser, scenarios, table  # noqa: E402
-from bench.load import Target, collector_paused, run_many  # noqa: E402
+from bench.load import OPENING_AT_ONCE, Target, collector_paused, run_many  # noqa: E402
 from bench.procs import (  # noqa: E402
     READY_LIMIT_S,
     READY_POLL_S,
@@ -97,6 +109,9 @@ BROWSER_TOKENS_PER_S = 1000
 #: S2's prompts start over this many seconds, not all in one millisecond.
 S2_SPREAD_S = 1.0
 MD_WARM_UP_STREAMS = 4
+#: The two yardstick relays (bench/peers.py), by their names in the figures: the
+#: module each runs.
+PEERS = {"aiohttp": "bench.peer_aiohttp", "peer": "bench.peer_fastapi"}
 #: The sections ``--only`` can pick, in the order of a whole run.
 SECTIONS = ("s1", "s2", "first-text", "s4", "release", "browser", "markdown", "s3", "redis")
 #: Held streams on a Redis app open this many at a time (64 elsewhere): from 32
@@ -136,7 +151,8 @@ class Plan:
     s2_streams: int
     s2_tokens: int
     s2_delay: float
-    s3_sizes: tuple[int, ...]
+    s3_sizes: tuple[int, ...]  # held streams on the app, a fresh one each size
+    s3_peer_size: int  # held streams on each peer too (a fresh one each), at this size
     s3_ramp_s: float  # opening the held streams may take this long, at most
     s3_hold_s: float
     s4_workers: int
@@ -151,8 +167,9 @@ class Plan:
     md_delay: float  # seconds per token: a model's pace (4,036 tokens: 81 s at 20 ms)
     md_w0_streams: int  # for the bytes with --answer-window 0, at full speed
     redis_release_size: int  # upstream release through Redis, this many streams
+    redis_s3_1w_sizes: tuple[int, ...]  # held streams on one worker on Redis, fresh each
     redis_s3_size: int  # held streams on --workers 2 with Redis
-    redis_s3_ramp_s: float
+    redis_s3_ramp_s: float  # opening held streams on Redis may take this long, at most
     limit_s: float  # the whole run, at most
 
 
@@ -163,7 +180,10 @@ FULL = Plan(
     s2_streams=100,
     s2_tokens=200,
     s2_delay=0.02,
-    s3_sizes=(5000, 10000),
+    # The scale (100, 1,000, 5,000: flat per-stream costs are the goal), and
+    # 10,000, past this machine's open-file limit for one process (README).
+    s3_sizes=(100, 1000, 5000, 10000),
+    s3_peer_size=1000,
     s3_ramp_s=40.0,
     s3_hold_s=5.0,
     s4_workers=20,
@@ -178,24 +198,26 @@ FULL = Plan(
     md_delay=0.02,
     md_w0_streams=5,
     redis_release_size=1000,
+    redis_s3_1w_sizes=(1000, 5000),
     redis_s3_size=10000,
     redis_s3_ramp_s=120.0,
-    limit_s=1500.0,
+    limit_s=1800.0,
 )
-#: The same scenarios, smaller and once each: under a minute.
+#: The same scenarios, smaller and once each: about 4 minutes (2 for --only redis).
 QUICK = replace(
     FULL,
     runs=1,
     s2_tokens=100,
-    s3_sizes=(2000,),
+    s3_sizes=(100, 1000, 2000),
     s3_ramp_s=15.0,
     s3_hold_s=2.0,
     s4_seconds=2.0,
     browser_seconds=2.0,
     md_delay=0.01,  # 100 tokens/s (a fast hosted model): the answer in 40 s
+    redis_s3_1w_sizes=(1000, 2000),
     redis_s3_size=1000,
     redis_s3_ramp_s=20.0,
-    limit_s=450.0,
+    limit_s=600.0,
 )
 
 
@@ -250,9 +272,10 @@ class Servers:
         store.wait_ready()
         return store
 
-    def peer(self, name: str = "peer", module: str = "bench.peer_fastapi") -> Process:
-        """A yardstick relay: the FastAPI one unless told (``bench.peer_aiohttp``)."""
-        return self._start(name, ["-m", module, "--base-url", f"{self.upstream.base}/v1"])
+    def peer(self, name: str, kind: str) -> Process:
+        """A yardstick relay, named ``name``: ``kind`` is its key in ``PEERS``."""
+        args = ["-m", PEERS[kind], "--base-url", f"{self.upstream.base}/v1"]
+        return self._start(name, args)
 
     def stop(self, process: Process) -> None:
         process.stop()
@@ -361,16 +384,20 @@ class Bench:
             await self.markdown()
         for size in self.plan.s3_sizes if "s3" in only else ():
             await self.s3(size)
+            if size == self.plan.s3_peer_size:  # beside the app's, at the same moment
+                for name in PEERS:
+                    await self.s3(size, name)
         if "redis" in only:
-            await self.redis_held(self.plan.redis_s3_size)
+            for size in self.plan.redis_s3_1w_sizes:
+                await self.redis_held(size, workers=1)
+            await self.redis_held(self.plan.redis_s3_size, workers=2)
         return self.figures
 
     async def start_relays(self) -> None:
         self.processes = {
             "app": self.servers.app("app"),
             "app-w0": self.servers.app("app-w0", window=0),
-            "aiohttp": self.servers.peer("aiohttp", "bench.peer_aiohttp"),
-            "peer": self.servers.peer(),
+            **{name: self.servers.peer(name, name) for name in PEERS},
         }
         for name, process in self.processes.items():
             self.targets[name] = target(process)
@@ -520,30 +547,43 @@ class Bench:
                 figures["bytes_ratio_max"] = max(run[name]["bytes_ratio_max"] for run in every)
         self.figures["markdown-runs"] = runs
 
-    async def s3(self, size: int) -> None:
-        """Held streams, on a fresh app: its memory before is the app's alone."""
-        key = f"s3-{size}"
+    async def s3(self, size: int, name: str = "app") -> None:
+        """Held streams, on a fresh process: the app, or a peer (``PEERS``); its
+        memory before is its own alone. Figures: ``s3-SIZE``, ``s3-PEER-SIZE``."""
+        key = f"s3-{size}" if name == "app" else f"s3-{name}-{size}"
         self.progress(key)
-        fresh = self.servers.app(f"app-{key}")
+        servers = self.servers
+        fresh = servers.app(f"app-{key}") if name == "app" else servers.peer(key, name)
         try:
             await warm_up(fresh)
-            load = OtherLoad()
-            plan = self.plan
-            with collector_paused():
-                self.figures[key] = await scenarios.hold(
-                    target(fresh), fresh, size, plan.s3_hold_s, plan.s3_ramp_s,
-                    self.servers.upstream,
-                )  # fmt: skip
-            self.figures["other_load"][key] = load.share()
+            await self.hold(key, fresh, size, self.plan.s3_ramp_s)
         finally:
-            self.servers.stop(fresh)
+            servers.stop(fresh)
+
+    async def hold(
+        self,
+        key: str,
+        process: Process,
+        size: int,
+        ramp_s: float,
+        at_once: int = OPENING_AT_ONCE,
+        store: RedisServer | None = None,
+    ) -> None:
+        """``size`` streams held on ``process`` (scenarios.hold), figures under ``key``."""
+        load = OtherLoad()
+        with collector_paused():
+            self.figures[key] = await scenarios.hold(
+                target(process), process, size, self.plan.s3_hold_s, ramp_s,
+                self.servers.upstream, at_once, store,
+            )  # fmt: skip
+        self.figures["other_load"][key] = load.share()
 
     async def redis(self) -> None:
         """The app on a shared Redis, each scenario taking turns with the in-memory
         app of this run: S1 on one worker and on ``--workers 2``; S2 on one worker,
-        and across two processes (A makes the answer, B reads it from Redis);
-        upstream release; Stop pressed on B for answers made on A; a burst of
-        first GETs."""
+        and across two processes (A makes the answer, B reads it from Redis); S4
+        on one worker; upstream release (with its floor); Stop pressed on B for
+        answers made on A; a burst of first GETs."""
         servers, size = self.servers, self.plan.redis_release_size
         store = servers.redis("redis")
         self.store = store
@@ -561,7 +601,8 @@ class Bench:
             await warm_up(self.redis_apps["redis-2w"])  # its second worker too, most likely
             await self.section("redis-s1", ["app", "redis-1w", "redis-2w"], self.redis_s1)
             await self.section("redis-s2", ["app-w0", "redis-1w-w0", "redis-ab"], self.redis_s2)
-            names = ["app", "redis-1w", "redis-2w"]
+            await self.section("redis-s4", ["app", "redis-1w"], self.redis_s4)
+            names = ["floor", "app", "redis-1w", "redis-2w"]
             await self.section(f"redis-release-{size}", names, self.redis_release)
             await self.section("redis-stop", ["app", "redis-ab"], self.redis_stop)
             await self.section("redis-burst", ["app", "redis-1w"], self.redis_burst)
@@ -584,13 +625,25 @@ class Bench:
         )  # fmt: skip
 
     async def redis_s2(self, name: str) -> dict:
-        """S2; ``redis-ab``: made on A, read on A and on B."""
+        """S2; ``redis-ab``: made on A, read on A and on B. On a Redis app, Redis's
+        CPU too."""
         plan = self.plan
-        shape = (plan.s2_streams, plan.s2_tokens, plan.s2_delay, S2_SPREAD_S)
+        streams, tokens, delay = plan.s2_streams, plan.s2_tokens, plan.s2_delay
         if name == "redis-ab":
-            targets = self.targets["redis-a"], self.targets["redis-b"]
-            return await scenarios.latency_elsewhere(*targets, *shape)
-        return await scenarios.latency(self.targets[name], self.process(name), *shape)
+            a, b = self.targets["redis-a"], self.targets["redis-b"]
+            return await scenarios.latency_elsewhere(a, b, streams, tokens, delay, S2_SPREAD_S)
+        store = self.store if name in self.redis_apps else None
+        return await scenarios.latency(
+            self.targets[name], self.process(name), streams, tokens, delay, S2_SPREAD_S, store
+        )
+
+    async def redis_s4(self, name: str) -> dict:
+        """S4; on a Redis app, Redis's CPU too."""
+        plan = self.plan
+        store = self.store if name in self.redis_apps else None
+        return await scenarios.prompt_round_trips(
+            self.targets[name], self.process(name), plan.s4_workers, plan.s4_seconds, store
+        )
 
     async def redis_release(self, name: str) -> dict:
         plan = self.plan
@@ -614,23 +667,19 @@ class Bench:
     async def redis_burst(self, name: str) -> dict:
         return await scenarios.gets_at_once(self.targets[name], BURST_GETS)
 
-    async def redis_held(self, size: int) -> None:
-        """Held streams on ``--workers 2`` with a fresh Redis: the memory before is
-        the app's and Redis's alone. Conversations kept: ``MANY_CONVERSATIONS``."""
-        key = f"redis-s3-{size}"
+    async def redis_held(self, size: int, workers: int) -> None:
+        """Held streams on ``workers`` workers with a fresh Redis: the memory before
+        is the app's and Redis's alone. Conversations kept: ``MANY_CONVERSATIONS``.
+        Figures: ``redis-s3-SIZE`` (``--workers 2``), ``redis-1w-s3-SIZE``."""
+        key = f"redis-s3-{size}" if workers == 2 else f"redis-{workers}w-s3-{size}"
         self.progress(key)
-        servers, plan = self.servers, self.plan
-        store = servers.redis("redis-s3")
-        fresh = servers.app(f"app-{key}", store=store, workers=2, more=MANY_CONVERSATIONS)
+        servers = self.servers
+        store = servers.redis(f"store-{key}")
+        fresh = servers.app(f"app-{key}", store=store, workers=workers, more=MANY_CONVERSATIONS)
         try:
             await warm_up(fresh)
-            load = OtherLoad()
-            with collector_paused():
-                self.figures[key] = await scenarios.hold(
-                    target(fresh), fresh, size, plan.s3_hold_s, plan.redis_s3_ramp_s,
-                    servers.upstream, REDIS_OPENING_AT_ONCE, store,
-                )  # fmt: skip
-            self.figures["other_load"][key] = load.share()
+            ramp_s = self.plan.redis_s3_ramp_s
+            await self.hold(key, fresh, size, ramp_s, REDIS_OPENING_AT_ONCE, store)
             await asyncio.sleep(STORE_SETTLE_S)
             self.figures[key]["keys_without_expiry"] = store.keys_without_expiry()
             self.figures[key]["log"] = store_warnings([fresh])

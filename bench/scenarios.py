@@ -1,25 +1,31 @@
 """The benchmark's scenarios: each drives one target and returns its figures.
 
 A *target* is something the load client talks to (bench/load.py): the app,
-its FastAPI peer, or the bare fake upstream (the latency floor). A scenario
-takes a target and its process (for CPU time and memory from /proc) and
-returns a plain dict of figures; bench/run.py runs the scenarios, takes the
-median of the runs and prints the table.
+a yardstick peer (aiohttp + aiohttp-sse, FastAPI + sse-starlette), or the bare
+fake upstream (the latency floor). A scenario takes a target and its process
+and returns a plain dict of figures; bench/run.py runs the scenarios, takes
+the median of the runs and prints the table.
+
+CPU time is each process's CPU-time clock (user + system, all threads, and its
+workers': ``cpu_seconds``), to the nanosecond: /proc's figure comes in 10 ms
+ticks, which is 20 us a token over 100 streams held for 5 s. Memory is
+``VmRSS`` from /proc (bench/procs.py).
 
 Every scenario checks every answer it reads (bench/protocol.py): ``checked``
 is how many answers were read, ``exact`` how many were exactly what the
 upstream sent, with nothing lost or repeated.
 
 A scenario given the app's Redis (``store``, a bench/procs.RedisServer) also
-reports Redis's own CPU time, and held streams its memory (``INFO memory``).
+reports Redis's own CPU time (per token in S1, S2 and held streams, per round
+trip in S4), and held streams its memory (``INFO memory``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import json
-import os
 import statistics
 import time
 import urllib.request
@@ -37,7 +43,7 @@ from bench.load import (
     run_pairs,
     wait_until,
 )
-from bench.procs import Process, RedisServer, cpu_seconds
+from bench.procs import Process, RedisServer
 from bench.protocol import Directive, markdown_answer, markdown_tokens
 from live_markdown import make_markdown
 
@@ -64,6 +70,28 @@ BURST_TOKENS = 5
 #: The opening pace of held streams is counted over this many seconds, at the
 #: start and at the end of the opening.
 PACE_WINDOW_S = 10.0
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time (user + system, all threads) of a process so far, in nanoseconds:
+    its CPU-time clock (``clock_getcpuclockid``), not /proc's 10 ms ticks, which
+    are too coarse for a few hundred tokens; 0 for a process that ended."""
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        return 0
+    try:
+        return time.clock_gettime_ns(clock.value)
+    except OSError:
+        return 0
+
+
+def cpu_seconds(process: Process) -> float:
+    """The CPU time so far of a server the benchmark runs, and of its live workers
+    (gunicorn's, with ``--workers N``), to the nanosecond."""
+    return sum(process_cpu_ns(pid) for pid in [process.pid, *process.workers()]) / NANOS
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -109,12 +137,12 @@ async def throughput(
     """``streams`` prompts at once, ``tokens`` each, sent as fast as the upstream can.
     The relay's CPU is its process's, and its workers' (bench/procs.py); Redis's
     is apart."""
-    before = process.cpu_seconds()
-    store_before = store.cpu_seconds() if store else 0.0
+    before = cpu_seconds(process)
+    store_before = cpu_seconds(store) if store else 0.0
     received, seconds = await run_many(
         target, directives("s1", streams, tokens=tokens), STREAM_LIMIT_S
     )
-    cpu = process.cpu_seconds() - before
+    cpu = cpu_seconds(process) - before
     total = streams * tokens
     figures = {
         "tokens_per_s": total / seconds,
@@ -123,7 +151,7 @@ async def throughput(
         **checked(received),
     }
     if store:
-        figures["store_cpu_us_per_token"] = (store.cpu_seconds() - store_before) / total * 1e6
+        figures["store_cpu_us_per_token"] = (cpu_seconds(store) - store_before) / total * 1e6
     return figures
 
 
@@ -131,29 +159,40 @@ async def throughput(
 
 
 async def latency(
-    target: Target, process: Process, streams: int, tokens: int, delay: float, spread_s: float
+    target: Target,
+    process: Process,
+    streams: int,
+    tokens: int,
+    delay: float,
+    spread_s: float,
+    store: RedisServer | None = None,
 ) -> dict:
     """Paced streams with stamped tokens: upstream send → client read, per token;
     and the CPU time of ``process`` (the relay; for the floor, the fake upstream)
-    per token.
+    per token (``cpu_us_per_token``), and the app's Redis's apart.
 
     The starts are spread over ``spread_s``: a hundred prompts sent in the
     same millisecond would also end in the same millisecond, and the p99
     would measure that one burst of setup and final answers, not the relay.
     """
     orders = directives("s2", streams, tokens=tokens, delay=delay, stamp=True)
-    before = process.cpu_seconds()
+    before = cpu_seconds(process)
+    store_before = cpu_seconds(store) if store else 0.0
     received, _ = await run_many(target, orders, STREAM_LIMIT_S, spread_s)
-    cpu = process.cpu_seconds() - before
+    cpu = cpu_seconds(process) - before
     latencies = [ns for stream in received for ns in stream.latencies_ns()]
     first_events = [ns for stream in received if (ns := stream.first_event_ns()) is not None]
-    return {
+    figures = {
         "p50_ms": milliseconds(latencies, 0.50),
         "p99_ms": milliseconds(latencies, 0.99),
         "first_event_p99_ms": milliseconds(first_events, 0.99),
         "cpu_us_per_token": cpu / (streams * tokens) * 1e6,
         **checked(received),
     }
+    if store:
+        store_cpu = cpu_seconds(store) - store_before
+        figures["store_cpu_us_per_token"] = store_cpu / (streams * tokens) * 1e6
+    return figures
 
 
 async def latency_elsewhere(
@@ -252,10 +291,13 @@ async def hold(
     resident memory while holding (its workers' too), less what it used before
     the first stream, divided by the streams held; with a ``store``, the same
     of Redis's ``used_memory``.
-    Latency is every token read during the hold. The CPU shares of the fake
-    upstream and of this client show whether the machine, not the relay,
-    was the limit. Then everyone leaves at once, which also gives the
-    upstream-release figure at this size.
+    Latency is every token read during the hold. CPU per token
+    (``cpu_us_per_token``) is the relay's CPU time over the hold window divided
+    by the tokens read in it (each held stream's new tokens, about held x
+    ``hold_s``: what a token costs at this scale); with a ``store``, Redis's
+    apart. The CPU shares of the fake upstream and of this client show whether
+    the machine, not the relay, was the limit. Then everyone leaves at once,
+    which also gives the upstream-release figure at this size.
     """
     upstream_target = Target(upstream.name, upstream.base, direct=True)
     await reset_upstream(upstream_target)
@@ -270,18 +312,19 @@ async def hold(
     await asyncio.sleep(HELD_RECENT_S)
     window_start = time.monotonic_ns()
     watched = [process, upstream, *([store] if store else [])]
-    cpu_before = [each.cpu_seconds() for each in watched] + [cpu_seconds(os.getpid())]
+    cpu_before = [cpu_seconds(each) for each in watched] + [time.process_time()]
     await asyncio.sleep(hold_s)
     window_end = time.monotonic_ns()
-    cpu_after = [each.cpu_seconds() for each in watched] + [cpu_seconds(os.getpid())]
+    cpu_after = [cpu_seconds(each) for each in watched] + [time.process_time()]
     relay_cpu, upstream_cpu, *store_cpu, client_cpu = (
         (after - before) / hold_s for before, after in zip(cpu_before, cpu_after, strict=True)
-    )
+    )  # shares of a core over the window
     memory = process.rss_bytes() - memory_before
     store_memory = store.used_memory() - store_memory_before if store else 0
     open_files = process.open_files()
     alive = held.with_token_since(window_end - int(HELD_RECENT_S * NANOS))
     latencies = [ns for stream in alive for ns in stream.latencies_ns(window_start, window_end)]
+    tokens_read = max(1, len(latencies))  # one latency per token read in the window
     await held.drop_all()
     freed = await released(upstream_target, held.streams)
     failures = sorted({stream.failure for stream in held.streams if stream.failure})
@@ -294,6 +337,8 @@ async def hold(
         "p50_ms": milliseconds(latencies, 0.50),
         "p99_ms": milliseconds(latencies, 0.99),
         "cpu_share": relay_cpu,
+        "tokens_in_window": len(latencies),
+        "cpu_us_per_token": relay_cpu * hold_s / tokens_read * 1e6,
         "upstream_cpu_share": upstream_cpu,
         "client_cpu_share": client_cpu,
         "release_p99_ms": freed["p99_ms"],
@@ -307,6 +352,7 @@ async def hold(
     if store:
         figures["store_kb_per_stream"] = store_memory / max(1, len(alive)) / 1024
         figures["store_cpu_share"] = store_cpu[0]
+        figures["store_cpu_us_per_token"] = store_cpu[0] * hold_s / tokens_read * 1e6
     return figures
 
 
@@ -449,24 +495,33 @@ async def reset_upstream(upstream: Target) -> None:
 
 
 async def prompt_round_trips(
-    target: Target, process: Process, workers: int, seconds: float
+    target: Target,
+    process: Process,
+    workers: int,
+    seconds: float,
+    store: RedisServer | None = None,
 ) -> dict:
     """POST + GET + one token + close, in ``workers`` loops, for ``seconds``; and the
     CPU time of ``process`` (the relay; for the floor, the fake upstream) per round
-    trip."""
+    trip (``cpu_ms_per_round_trip``), and the app's Redis's apart."""
     started = time.perf_counter()
-    before = process.cpu_seconds()
+    before = cpu_seconds(process)
+    store_before = cpu_seconds(store) if store else 0.0
     exact, failed = await round_trips(
         target, workers, seconds, Directive(id="s4", tokens=1), STREAM_LIMIT_S
     )
-    cpu = process.cpu_seconds() - before
+    cpu = cpu_seconds(process) - before
     elapsed = time.perf_counter() - started
-    return {
+    trips = max(1, exact + failed)
+    figures = {
         "round_trips_per_s": exact / elapsed,
-        "cpu_ms_per_round_trip": cpu / max(1, exact + failed) * 1e3,
+        "cpu_ms_per_round_trip": cpu / trips * 1e3,
         "checked": exact + failed,
         "exact": exact,
     }
+    if store:
+        figures["store_cpu_ms_per_round_trip"] = (cpu_seconds(store) - store_before) / trips * 1e3
+    return figures
 
 
 # --- the Markdown answer, rendered while it streams ----------------------------------------
@@ -491,7 +546,7 @@ async def markdown_answers(
     target *at the same time* (name → target, its process, whether its answers come
     rendered): one moment of the machine for all, the same load for each.
 
-    Per target: its CPU per token (its own /proc figure, from its first prompt to
+    Per target: its CPU per token (``cpu_seconds``, from its first prompt to
     its last stream's end) and, per answer, the bytes of its ``answer_chunk`` data
     over those of the final rendering. An answer counts as exact only if it came
     the way its target was started (rendered or plain) and was exact (bench/load.py).
@@ -499,9 +554,9 @@ async def markdown_answers(
     orders = directives("md", streams, markdown=True, delay=delay)
 
     async def one(target: Target, process: Process) -> tuple[list[Received], float, float]:
-        before = process.cpu_seconds()
+        before = cpu_seconds(process)
         received, seconds = await run_many(target, orders, markdown_limit_s(delay), spread_s)
-        return received, seconds, process.cpu_seconds() - before
+        return received, seconds, cpu_seconds(process) - before
 
     results = await asyncio.gather(
         *(one(target, process) for target, process, _ in targets.values())
