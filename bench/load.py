@@ -47,6 +47,7 @@ from bench.protocol import (
     answer_is_exact,
     markdown_answer,
     read_stamps,
+    since_stamp,
     token_text,
 )
 from tests.answer_dom import AnswerModel
@@ -199,7 +200,7 @@ class Received:
                     continue
                 seen.add(index)
                 if since_ns <= received_ns <= until_ns:
-                    latencies.append(received_ns - stamp)
+                    latencies.append(since_stamp(received_ns, stamp))
         return latencies
 
     def first_text_ns(self) -> int | None:
@@ -213,7 +214,7 @@ class Received:
         first = token_text(index, sent_ns).strip()
         for received_ns, name, data in self.events():
             if name in ("thought", "answer_chunk") and first in html.unescape(data):
-                return received_ns - sent_ns
+                return since_stamp(received_ns, sent_ns)
         return None
 
     def first_event_ns(self) -> int | None:

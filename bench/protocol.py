@@ -15,9 +15,10 @@ fake upstream (bench/upstream.py) reads it and streams what it asks for::
   ``stamp`` are then ignored.
 
 Token ``i`` is the text ``" {i}"``, then ``"@{send_ns}"`` when stamped (the
-upstream's ``time.monotonic_ns()`` just before the write: CLOCK_MONOTONIC is one
-clock for every process on a Linux machine, so the client can subtract it from
-its own receive time), then every ``MARKUP_EVERY``-th token ``MARKUP``: text that
+upstream's ``time.monotonic_ns()`` just before the write, modulo
+``STAMP_MODULUS``: CLOCK_MONOTONIC is one clock for every process on a Linux
+machine, so the client can subtract it from its own receive time, modulo the
+same, in ``since_stamp``), then every ``MARKUP_EVERY``-th token ``MARKUP``: text that
 must be HTML-escaped, so the relay's escaping is exercised and checked.
 
 Because every token carries its index, the client can check an answer exactly:
@@ -101,6 +102,23 @@ def markdown_tokens() -> tuple[str, ...]:
     tokens = tuple(_MODEL_TOKEN.findall(markdown_answer()))
     assert "".join(tokens) == markdown_answer(), "every character is in a token"
     return tokens
+
+
+#: Stamps are the send time modulo this (100 s), so they stay 11 digits at most
+#: however long the machine has been up: 200 stamped tokens make one paragraph
+#: of about 3,400 characters, under the length the app renders live (4,000;
+#: with 14 digits, after 2.8 hours of uptime, they went over it).
+STAMP_MODULUS = 10**11
+
+
+def stamp_of(now_ns: int) -> int:
+    """A send time as a token carries it."""
+    return now_ns % STAMP_MODULUS
+
+
+def since_stamp(now_ns: int, stamped: int) -> int:
+    """Nanoseconds from a stamped send time to ``now_ns`` (less than 100 s)."""
+    return (now_ns - stamped) % STAMP_MODULUS
 
 
 def token_text(index: int, sent_ns: int | None = None) -> str:

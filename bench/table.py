@@ -9,10 +9,18 @@ bench/procs.py). Targets are ratios within the same run where a peer or the
 floor is the yardstick (the absolute figures are context: they follow the
 machine). The rows read the figures by the keys that bench/scenarios.py gives
 them; a figure that did not run shows as "-".
+
+The table of a kept run (``bench/run.py --json figures.json``) again, as text
+or as a Markdown table for the docs:
+
+    python -m bench.table figures.json
+    python -m bench.table figures.json --markdown
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
 
@@ -886,6 +894,14 @@ def render(table: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def render_markdown(table: list[Row]) -> str:
+    """The rows as a Markdown table, headings first (a "|" in a cell escaped)."""
+    cells = [[cell.replace("|", "\\|") for cell in astuple(row)] for row in [HEADINGS, *table]]
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    lines.insert(1, "|" + "---|" * len(fields(Row)))
+    return "\n".join(lines)
+
+
 def answers_checked(figures: dict) -> tuple[int, int]:
     """(exact, checked) answers over the whole run (every run's, summed in the medians)."""
     found = []
@@ -898,3 +914,16 @@ def answers_checked(figures: dict) -> tuple[int, int]:
             else:
                 todo += value.values()
     return sum(f["exact"] for f in found), sum(f["checked"] for f in found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The table of a run kept with --json.")
+    parser.add_argument("figures", type=argparse.FileType(), help="bench/run.py --json's file")
+    parser.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    args = parser.parse_args()
+    rows_ = rows(json.load(args.figures))
+    print(render_markdown(rows_) if args.markdown else render(rows_))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bench.protocol import Directive, markdown_tokens, token_text
+from bench.protocol import Directive, markdown_tokens, stamp_of, token_text
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 #: Every chunk has the fields a real server sends; only the delta differs.
@@ -68,7 +68,7 @@ def numbered_frame(directive: Directive) -> Callable[[int], bytes]:
     """Token ``i``'s chunk, its stamp (when asked for) taken just before the write."""
 
     def frame(index: int) -> bytes:
-        stamp = time.monotonic_ns() if directive.stamp else None
+        stamp = stamp_of(time.monotonic_ns()) if directive.stamp else None
         return content_frame(token_text(index, stamp))
 
     return frame
