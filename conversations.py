@@ -173,14 +173,26 @@ class Conversations:
         that is streaming, nor the newest)."""
         if not self._over_a_bound():
             return  # the usual case, checked without a look at any conversation
-        for conversation in list(self._by_id.values())[:-1]:
-            if not self._over_a_bound():
-                return
+        # From the oldest, only as far as needed: at the bound each new conversation
+        # pushes out one old one, so this looks at one, not at all (or a copy of all)
+        # of them. They are forgotten after the walk: a dict cannot shrink while walked.
+        newest = next(reversed(self._by_id))
+        count, chars = len(self._by_id), self.kept_chars
+        going: list[Conversation] = []
+        for conversation in self._by_id.values():
+            if not self._over(count, chars) or conversation.cid == newest:
+                break
             if not conversation.streaming:
-                self._forget(conversation)
+                going.append(conversation)
+                count, chars = count - 1, chars - conversation.chars()
+        for conversation in going:
+            self._forget(conversation)
 
     def _over_a_bound(self) -> bool:
-        return len(self._by_id) > self.max_conversations or self.kept_chars > self.max_kept_chars
+        return self._over(len(self._by_id), self.kept_chars)
+
+    def _over(self, count: int, chars: int) -> bool:
+        return count > self.max_conversations or chars > self.max_kept_chars
 
     def _forget(self, conversation: Conversation) -> None:
         self.kept_chars -= conversation.chars()

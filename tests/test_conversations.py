@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from conversations import ChatSettings, Conversations, Turn
 from providers.events import Answer
 from providers.openai import DEFAULT_SYSTEM_PROMPT, OpenAISettings
 from tests.conftest import Hang, Pause, ScriptedProvider, read_stream
@@ -479,3 +480,18 @@ async def test_all_conversations_together_keep_at_most_their_characters(start_ap
     assert (await client.get(f"/c/{first}")).status == 404
     assert (await client.get(f"/c/{second}")).status == 200
     assert (await client.get(f"/c/{third}")).status == 200
+
+
+def test_making_room_skips_streaming_conversations_and_forgets_no_more_than_it_must():
+    conversations = Conversations(max_conversations=2, max_kept_chars=100, idle_ttl=60.0)
+    streaming = conversations.new(ChatSettings())
+    conversations.set_turns(streaming, [Turn("u1", "still answering", ChatSettings())])
+    conversations.new(ChatSettings())
+    newer = conversations.new(ChatSettings())  # the one before it makes room; the stream stays
+    assert list(conversations) == [streaming, newer]
+
+    newest = conversations.new(ChatSettings())
+    conversations.set_turns(newest, [Turn("u2", "x" * 200, ChatSettings(), outcome="done")])
+    conversations.make_room()  # over both bounds: all but the streaming one and the newest go
+    assert list(conversations) == [streaming, newest]
+    assert conversations.kept_chars == len("still answering") + 200
