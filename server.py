@@ -320,7 +320,8 @@ class Stream:
         return self.producer is not None and not self.closed
 
     def append(self, event: Event, *, replaces_previous: bool = False) -> None:
-        """Add the next event and wake the listeners.
+        """Add the next event. The listeners waiting for it get it from the
+        producer's next ``hand_off``, if the producer appended it; else they wake.
 
         ``replaces_previous``: the page shows only the newest event of this
         name, so a browser that comes back needs no older one. The log forgets
@@ -337,7 +338,7 @@ class Stream:
             self._latest[event.name] = len(frames) - 1
         self.last_event_at = time.monotonic()
         if asyncio.current_task() is not self.producer:
-            self.wake()  # (the producer's own frames go out in hand_off, without one)
+            self.wake()
 
     def end(self) -> None:
         """Append `close`: the log is complete, and nothing can follow."""
