@@ -2149,6 +2149,22 @@ class AccessLogger(web.AbstractAccessLogger):
             '%s "%s %s" %s %.3fs', printable(request.remote or "-"), printable(request.method),
             printable(path), response.status, elapsed,
         )  # fmt: skip
+        forget_what_was_sent(response)  # the log is the last use aiohttp makes of it
+
+
+def forget_what_was_sent(response: web.StreamResponse) -> None:
+    """Let go of a sent response's body, headers and cookies.
+
+    aiohttp keeps a connection's last response until the next request on that
+    connection is answered. The page opens a prompt's stream right after its
+    POST, often on the same connection: the POST's answer (the turn's HTML, 2 KB,
+    and its headers and cookie, 3.5 KB in all) stayed in memory as long as the
+    stream, once for every stream held.
+    """
+    if isinstance(response, web.Response):
+        response.body = None
+    response.headers.clear()
+    response.cookies.clear()
 
 
 _CONVERSATION_ID = re.compile(r"^/c/[^/]*")

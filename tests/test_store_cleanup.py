@@ -1,8 +1,13 @@
 """What the store forgets on its own, so that memory stays flat on a long-running server."""
 
+import gc
+
+from aiohttp import web
+
 import conversations
 import server
 from conversations import Conversation
+from providers.events import Answer
 from server import STORE
 from tests.conftest import Hang, ScriptedProvider, post_prompt
 from tests.waiting import eventually, healthz
@@ -72,3 +77,24 @@ async def test_past_the_bound_an_answered_conversation_behind_streaming_ones_goe
     await post_prompt(client)
     kept = list(client.app[STORE].conversations)
     assert len(kept) == 6 and all(conversation.streaming for conversation in kept)
+
+
+async def test_a_prompts_answer_is_not_kept_while_its_stream_is_held(start_app):
+    # aiohttp keeps a connection's last response until the next request on it
+    # is answered; the page opens the stream right after the POST, here on the
+    # same connection. The POST's answer (the turn's HTML) must not stay in
+    # memory for as long as the stream is held.
+    client = await start_app(provider=ScriptedProvider([Answer("Hi"), Hang()]))
+    uid = await post_prompt(client)
+    stream = await client.get("/response-stream", params={"uid": uid})
+    await stream.content.readuntil(b"\n\n")  # the stream is open
+    gc.collect()
+    kept = [
+        body
+        for item in gc.get_objects()
+        if isinstance(item, web.Response)
+        and isinstance(body := item.body, bytes)
+        and uid.encode() in body
+    ]
+    assert kept == []
+    stream.close()
