@@ -858,7 +858,7 @@ def latest_part(text: str) -> str:
     return "…" + tail[tail.find(" ") + 1 :]
 
 
-@dataclass
+@dataclass(slots=True)  # one per stream, kept with its turn: no per-object dict
 class Transcript:
     """What one stream has produced so far, for the final answer and the log line."""
 
@@ -1861,6 +1861,8 @@ class Throttle:
     it, so a finished stream's Relay and its Throttles hold no cycle, and
     reference counting frees them (and the answer) at once.
     """
+
+    __slots__ = ("_last", "_loop", "_pending", "_timer", "interval")  # two per stream
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
