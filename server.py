@@ -1313,6 +1313,7 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
     # Not compressed (enable_compression is never called here): a compressor
     # buffers, and the tokens would arrive in lumps.
     await response.prepare(request)
+    response.headers.clear()  # sent: a stream held for minutes need not keep them (0.5 KB)
     return response
 
 
