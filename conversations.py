@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from providers.events import Message
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 RECENT_COOKIE = "recent"
 RECENT_KEPT = 8
 TITLE_CHARS = 60
+#: The most conversations one ``make_room`` looks at. When more conversations are
+#: streaming than the bound allows, none of them can go: looking at every one for
+#: each prompt made opening N streams cost N² (5,000 streams took 30 s to open).
+MAKE_ROOM_LOOKS = 32
 
 
 def new_id() -> str:
@@ -170,23 +175,35 @@ class Conversations:
 
     def make_room(self) -> None:
         """Forget the least recently used conversations while over a bound (never one
-        that is streaming, nor the newest)."""
+        that is streaming, nor the newest).
+
+        A streaming conversation is in use: met here, it becomes the most recently
+        used, so that the next call looks past it. One call looks at
+        ``MAKE_ROOM_LOOKS`` conversations at most; past the bound, the next
+        prompts go on where it stopped."""
         if not self._over_a_bound():
             return  # the usual case, checked without a look at any conversation
         # From the oldest, only as far as needed: at the bound each new conversation
         # pushes out one old one, so this looks at one, not at all (or a copy of all)
-        # of them. They are forgotten after the walk: a dict cannot shrink while walked.
+        # of them; and at most MAKE_ROOM_LOOKS of them, which are all streaming when
+        # more conversations stream than the bound allows. They are forgotten, or
+        # moved, after the walk: a dict cannot change while walked.
         newest = next(reversed(self._by_id))
         count, chars = len(self._by_id), self.kept_chars
         going: list[Conversation] = []
-        for conversation in self._by_id.values():
+        in_use: list[Conversation] = []
+        for conversation in islice(self._by_id.values(), MAKE_ROOM_LOOKS):
             if not self._over(count, chars) or conversation.cid == newest:
                 break
-            if not conversation.streaming:
+            if conversation.streaming:
+                in_use.append(conversation)
+            else:
                 going.append(conversation)
                 count, chars = count - 1, chars - conversation.chars()
         for conversation in going:
             self._forget(conversation)
+        for conversation in in_use:
+            self._by_id.move_to_end(conversation.cid)
 
     def _over_a_bound(self) -> bool:
         return self._over(len(self._by_id), self.kept_chars)

@@ -859,7 +859,7 @@ def latest_part(text: str) -> str:
     return "…" + tail[tail.find(" ") + 1 :]
 
 
-@dataclass
+@dataclass(slots=True)  # one per stream, kept with its turn: no per-object dict
 class Transcript:
     """What one stream has produced so far, for the final answer and the log line."""
 
@@ -1314,6 +1314,7 @@ async def open_event_stream(request: web.Request) -> web.StreamResponse:
     # Not compressed (enable_compression is never called here): a compressor
     # buffers, and the tokens would arrive in lumps.
     await response.prepare(request)
+    response.headers.clear()  # sent: a stream held for minutes need not keep them (0.5 KB)
     return response
 
 
@@ -1863,6 +1864,8 @@ class Throttle:
     reference counting frees them (and the answer) at once.
     """
 
+    __slots__ = ("_last", "_loop", "_pending", "_timer", "interval")  # two per stream
+
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._pending = False
@@ -2150,6 +2153,22 @@ class AccessLogger(web.AbstractAccessLogger):
             '%s "%s %s" %s %.3fs', printable(request.remote or "-"), printable(request.method),
             printable(path), response.status, elapsed,
         )  # fmt: skip
+        forget_what_was_sent(response)  # the log is the last use aiohttp makes of it
+
+
+def forget_what_was_sent(response: web.StreamResponse) -> None:
+    """Let go of a sent response's body, headers and cookies.
+
+    aiohttp keeps a connection's last response until the next request on that
+    connection is answered. The page opens a prompt's stream right after its
+    POST, often on the same connection: the POST's answer (the turn's HTML, 2 KB,
+    and its headers and cookie, 3.5 KB in all) stayed in memory as long as the
+    stream, once for every stream held.
+    """
+    if isinstance(response, web.Response):
+        response.body = None
+    response.headers.clear()
+    response.cookies.clear()
 
 
 _CONVERSATION_ID = re.compile(r"^/c/[^/]*")

@@ -488,10 +488,10 @@ def test_making_room_skips_streaming_conversations_and_forgets_no_more_than_it_m
     conversations.set_turns(streaming, [Turn("u1", "still answering", ChatSettings())])
     conversations.new(ChatSettings())
     newer = conversations.new(ChatSettings())  # the one before it makes room; the stream stays
-    assert list(conversations) == [streaming, newer]
+    assert list(conversations) == [newer, streaming]  # in use: now the most recently used
 
     newest = conversations.new(ChatSettings())
     conversations.set_turns(newest, [Turn("u2", "x" * 200, ChatSettings(), outcome="done")])
     conversations.make_room()  # over both bounds: all but the streaming one and the newest go
-    assert list(conversations) == [streaming, newest]
+    assert list(conversations) == [newest, streaming]
     assert conversations.kept_chars == len("still answering") + 200
