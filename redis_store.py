@@ -117,7 +117,8 @@ DRAIN_S = 5.0  # at shutdown, how long the last frames may take to be written
 # Frames that come within this long of each other go to Redis in one pipeline. A
 # pipeline costs the worker ~50 us of CPU whatever its size: at 100 answers of 50
 # tokens a second, a pipeline per frame or two cost more than relaying the token.
-# The log lags that much more (the producer's own listeners do not wait for it).
+# The log lags that much more (the producer's own listeners do not wait for it),
+# but for an answer's end: its counts go at once (the next prompt may follow it).
 LOG_BATCH_S = 0.002
 RETRY_S = 1.0  # how often frames that could not be written are tried again
 UID_CHARS = 33  # "u" and 128 random bits in hex (server.Store.new_uid)
@@ -1039,6 +1040,7 @@ class LogWriter:
         self.redis = connect(store.url, pool_size=1)
         self.queue: list[tuple[LoggedStream, str, int, bytes, int | None]] = []
         self.ready = asyncio.Event()
+        self.ending = asyncio.Event()  # an answer's `close` is queued: no waiting for more
         self.idle = asyncio.Event()
         self.idle.set()
         #: Streams whose last frames could not be written (Redis away), by uid.
@@ -1049,6 +1051,8 @@ class LogWriter:
     ) -> None:
         self.queue.append((stream, name, event_id, frame, forgotten))
         self.ready.set()
+        if name == "close":
+            self.ending.set()
         self.idle.clear()
 
     async def drain(self) -> None:
@@ -1066,8 +1070,11 @@ class LogWriter:
                         await self.ready.wait()
             else:
                 await self.ready.wait()
-                await asyncio.sleep(LOG_BATCH_S)  # (what comes meanwhile joins the batch)
+                with suppress(TimeoutError):  # what comes meanwhile joins the batch
+                    async with asyncio.timeout(LOG_BATCH_S):
+                        await self.ending.wait()
             self.ready.clear()
+            self.ending.clear()
             batch, self.queue = self.queue, []
             behind, self.behind = self.behind, {}
             try:
