@@ -309,7 +309,7 @@ class Stream:
         self.timer: asyncio.TimerHandle | None = None  # ends it when nobody comes back
         self.last_event_at = self.created  # for the pinger: quiet streams need a ping
         self._latest: dict[str, int] = {}  # event name -> the frame a newer one replaces
-        self._changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []  # of the tasks waiting for a change
         # What the events so far show, for a page rendered mid-stream (Relay keeps it).
         self.transcript: Transcript | None = None
         self.shown_thought = WAITING
@@ -376,15 +376,21 @@ class Stream:
         if woken:
             self.wake()
 
-    async def changed(self) -> None:
-        """Wait for the next event, or for the pinger's wake-up."""
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """What to await for the next event, or for the pinger's wake-up. (A bare
+        future: an asyncio.Event per stream held a deque of about 0.7 KB.)"""
+        waiter = asyncio.get_running_loop().create_future()
+        # (Waiters of listeners that left, cancelled, go now: not with the next event.)
+        self._waiters = [*(other for other in self._waiters if not other.done()), waiter]
+        return waiter
 
     def wake(self) -> None:
-        """Wake every listener (each waits on the Event of its moment): for a new
-        event, or from the pinger, so that a quiet one sends a ping."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake every listener: for a new event, or from the pinger, so that a quiet
+        one sends a ping."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # (its task may have been cancelled meanwhile)
+                waiter.set_result(None)
 
     def stop(self, reason: str) -> None:
         """End the generation on purpose; the producer says why in the stream."""
