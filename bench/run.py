@@ -1,6 +1,6 @@
 """The relay benchmark: one command, every process on 127.0.0.1, one table.
 
-    python bench/run.py            # the full run, about 19 minutes (the bench/README.md table)
+    python bench/run.py            # the full run, about 13.5 minutes (the bench/README.md table)
     python bench/run.py --quick    # a smaller run, once each: about 4 minutes
     python bench/run.py --json out.json   # also keep every figure of every run
     python bench/run.py --logs DIR        # and keep the servers' logs
