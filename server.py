@@ -1139,6 +1139,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         """The final answer's HTML. Its Markdown is the blocks the page has (the
         whole answer, rendered as it streamed) unless only a new rendering is right."""
         relay.flush()
+        await stream.hand_off()  # the answer's last chunks, before its rendering
         shown = relay.shown_answer.final_html()
         return await render_answer(app, stream.uid, transcript, view, None, failed, shown)
 
