@@ -578,12 +578,15 @@ class RedisStore(Store):
         Within the bounds, the usual case, this costs a few commands."""
         config, redis = self.config, self.redis
         convs, total = self.key("convs"), self.key("chars-total")
-        expired = await redis.zrangebyscore(
-            convs, "-inf", time.time() - config.conversation_ttl, start=0, num=100
-        )
+        pipe = redis.pipeline(transaction=False)  # one round trip for the three
+        pipe.zrangebyscore(convs, "-inf", time.time() - config.conversation_ttl, start=0, num=100)
+        pipe.zcard(convs)
+        pipe.get(total)
+        expired, count, kept = await pipe.execute()
+        kept = int(kept or 0)
         for cid in expired:  # gone by their own expiry: out of the counts too
-            await self._forget_conversation(cid)
-        count, kept = await redis.zcard(convs), int(await redis.get(total) or 0)
+            kept -= await self._forget_conversation(cid)
+            count -= 1
         if count <= config.max_conversations and kept <= config.max_kept_chars:
             return
         # The oldest first, all but the newest; a few at a time: while they are all
