@@ -209,6 +209,20 @@ def request_from_json(raw: bytes) -> ChatRequest:
     return ChatRequest(messages, data["model"], data["temperature"])
 
 
+#: Forgets a conversation (KEYS: its JSON, the conversations' zset, the characters
+#: hash, their total; ARGV: its id) and takes its characters off the total, in one
+#: step, only if this call took it out of the zset: prompts at the bound at once
+#: pick the same oldest conversations, and each took its characters off again.
+FORGET_CONVERSATION = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+local chars = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('DECRBY', KEYS[4], chars)
+return chars
+"""
+
+
 # --- the streams: produced here, or followed here -----------------------------------------
 
 
@@ -284,6 +298,7 @@ class RedisStore(Store):
         self.prefix = config.redis_prefix
         self.worker = secrets.token_hex(6)
         self.redis = connect(self.url)
+        self._forget_script = self.redis.register_script(FORGET_CONVERSATION)
         # The heartbeat's own connection: however busy the pool, it is never late
         # (a worker whose heartbeat stops is taken for dead, and its answers ended).
         self.beat = connect(self.url, pool_size=1)
@@ -601,15 +616,11 @@ class RedisStore(Store):
             count -= 1
 
     async def _forget_conversation(self, cid: bytes) -> int:
-        """Forget a conversation, and its characters from the count; how many."""
-        chars = int(await self.redis.hget(self.key("chars"), cid) or 0)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.key("conv", cid.decode()))
-        pipe.zrem(self.key("convs"), cid)
-        pipe.hdel(self.key("chars"), cid)
-        pipe.decrby(self.key("chars-total"), chars)
-        await pipe.execute()
-        return chars
+        """Forget a conversation, and its characters from the count; how many (0 if
+        another prompt forgot it first)."""
+        keys = [self.key("conv", cid.decode()), self.key("convs"), self.key("chars")]
+        keys.append(self.key("chars-total"))
+        return int(await self._forget_script(keys=keys, args=[cid]))
 
     def live_ttl(self) -> float:
         """How long a stream's keys live while it may still be producing."""

@@ -17,7 +17,7 @@ import pytest
 
 from providers.events import Answer
 from server import ALREADY_STREAMING, MINE_STREAMING, STILL_STREAMING, STORE
-from tests.conftest import Pause, ScriptedProvider, post_prompt
+from tests.conftest import Pause, ScriptedProvider, post_prompt, read_stream
 from tests.snippet import uid_from_snippet
 from tests.sse_client import parse_stream
 from tests.test_resume import read_events
@@ -273,3 +273,28 @@ def test_a_mistyped_redis_url_never_prints_its_password(where):
     )  # fmt: skip
     assert result.returncode != 0
     assert "hunter2-secret" not in result.stderr, result.stderr
+
+
+async def test_two_workers_forgetting_one_conversation_take_its_characters_off_once(
+    start_workers,
+):
+    """Prompts at --max-conversations at once pick the same oldest conversations to
+    forget: each conversation's characters come off the kept total once."""
+    a, b = await start_workers(count=2, provider=ScriptedProvider([Answer("forty-two")]))
+    for _ in range(2):
+        await read_stream(a, await post_prompt(a, "What is six times seven?"))
+    store_a, store_b = a.app[STORE], b.app[STORE]
+    redis = store_a.redis
+    chars, total = store_a.key("chars"), store_a.key("chars-total")
+    oldest = (await redis.zrange(store_a.key("convs"), 0, 0))[0]
+    kept = int(await redis.get(total))
+    its_chars = int(await redis.hget(chars, oldest))
+    assert its_chars > 0
+
+    forgot = await asyncio.gather(
+        store_a._forget_conversation(oldest), store_b._forget_conversation(oldest)
+    )
+
+    assert sorted(forgot) == [0, its_chars]  # one of them forgot it
+    assert int(await redis.get(total)) == kept - its_chars
+    assert sum(int(n) for n in (await redis.hvals(chars))) == kept - its_chars
