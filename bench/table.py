@@ -119,6 +119,32 @@ def plus(value: float | None, extra: float | None) -> float | None:
     return None if value is None or extra is None else value + extra
 
 
+def peers_row(
+    figure: str,
+    section: dict,
+    cell: Callable[[dict], str],
+    ratio_key: str,
+    busy: str,
+    app_name: str = "app",
+    target: str = "",
+    met_text: str = "",
+    digits: int = 1,
+) -> Row:
+    """A row of the app and of both peers (each ``cell`` of its figures, empty where
+    a peer did not run), and the app/aiohttp-sse ratio of ``ratio_key``."""
+    app, aio, peer = (section.get(name, {}) for name in (app_name, AIOHTTP, FASTAPI))
+    return Row(
+        figure,
+        cell(app),
+        cell(aio) if aio else "",
+        cell(peer) if peer else "",
+        times(app.get(ratio_key), aio.get(ratio_key), digits),
+        target,
+        met_text,
+        busy_else=busy,
+    )
+
+
 def three(
     figure: str,
     section: dict,
@@ -131,17 +157,11 @@ def three(
     met_text: str = "",
 ) -> Row:
     """One figure (``key``) of the app and of both peers, and the app/aiohttp-sse ratio."""
-    app, aio, peer = (section.get(name, {}) for name in (app_name, AIOHTTP, FASTAPI))
-    return Row(
-        figure,
-        number(app.get(key), unit, digits),
-        number(aio.get(key), unit, digits) if aio else "",
-        number(peer.get(key), unit, digits) if peer else "",
-        times(app.get(key), aio.get(key), 2),
-        target,
-        met_text,
-        busy_else=busy,
-    )
+
+    def cell(figures: dict) -> str:
+        return number(figures.get(key), unit, digits)
+
+    return peers_row(figure, section, cell, key, busy, app_name, target, met_text, digits=2)
 
 
 def pairs(
@@ -152,19 +172,15 @@ def pairs(
     target: str = "",
     met_text: str = "",
 ) -> Row:
-    """p50 / p99 of the app and of both peers (ratio: of the p99s)."""
-    app, aio, peer = (section.get(name, {}) for name in (app_name, AIOHTTP, FASTAPI))
-    return Row(
-        figure,
-        pair(app.get("p50_ms"), app.get("p99_ms")),
-        pair(aio.get("p50_ms"), aio.get("p99_ms")) if aio else "",
-        pair(peer.get("p50_ms"), peer.get("p99_ms")) if peer else "",
-        times(app.get("p99_ms"), aio.get("p99_ms")),
-        target,
-        met_text,
-        exact(*(figures for figures in (app, aio, peer) if figures)),
-        busy,
-    )
+    """p50 / p99 of the app and of both peers (ratio: of the p99s), and their answers."""
+
+    def cell(figures: dict) -> str:
+        return pair(figures.get("p50_ms"), figures.get("p99_ms"))
+
+    row = peers_row(figure, section, cell, "p99_ms", busy, app_name, target, met_text)
+    names = (app_name, AIOHTTP, FASTAPI)
+    row.exact = exact(*(section[name] for name in names if section.get(name)))
+    return row
 
 
 def throughput_rows(figures: dict, busy: str) -> list[Row]:
