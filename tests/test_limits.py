@@ -106,6 +106,46 @@ async def no_listeners_left(client, within=10.0):
     return True
 
 
+def dechunked(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body (as far as it goes)."""
+    payload, at = b"", 0
+    while (line_end := body.find(b"\r\n", at)) >= 0:
+        size = int(body[at:line_end], 16)
+        if size == 0 or line_end + 2 + size > len(body):
+            break
+        payload += body[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
+    return payload
+
+
+async def test_a_client_that_stops_reading_a_while_then_gets_every_event_once(start_app):
+    """While a browser's socket is full, the producer cannot write its events to it
+    directly (Stream.hand_off): the listener writes them itself, with its time
+    limit, and when the browser reads again nothing is lost, repeated or reordered."""
+    # About 5 MB in events of 8 KB: each small enough to be handed off, all of them
+    # far more than the socket buffers hold while nothing is read.
+    pieces = [f"{n:04d}" + "x" * 8000 for n in range(600)]
+    provider = ScriptedProvider([*(Answer(piece) for piece in pieces), Hang()])
+    client = await start_app(provider=provider, write_timeout=30, max_answer_chars=50_000_000)
+    uid = await post_prompt(client)
+
+    # (Not 4096: so small a window makes reading 5 MB back take minutes.)
+    reader, writer = await open_stream_and_read_nothing(client, uid, receive_buffer=65536)
+    try:
+        await asyncio.sleep(0.5)  # the buffers fill up, and the producer runs ahead
+        raw = b""
+        async with asyncio.timeout(20):  # (the answer never ends: Hang)
+            while raw.count(b"event: answer_chunk") < len(pieces):
+                raw += await reader.read(1 << 16)
+    finally:
+        writer.close()
+
+    events, _ = parse_stream(dechunked(raw.split(b"\r\n\r\n", 1)[1]).decode())
+    assert [int(event.id) for event in events] == list(range(1, len(events) + 1))
+    answer = "".join(event.data for event in events if event.event == "answer_chunk")
+    assert answer == "".join(pieces)
+
+
 async def test_a_client_that_reads_nothing_is_dropped(start_app):
     """A frozen browser must not hold the server's memory without bound."""
     big = "x" * 200_000
