@@ -618,8 +618,10 @@ class RedisStore(Store):
     async def _forget_conversation(self, cid: bytes) -> int:
         """Forget a conversation, and its characters from the count; how many (0 if
         another prompt forgot it first)."""
-        keys = [self.key("conv", cid.decode()), self.key("convs"), self.key("chars")]
-        keys.append(self.key("chars-total"))
+        keys = [
+            self.key("conv", cid.decode()), self.key("convs"), self.key("chars"),
+            self.key("chars-total"),
+        ]  # fmt: skip
         return int(await self._forget_script(keys=keys, args=[cid]))
 
     def live_ttl(self) -> float:
