@@ -57,10 +57,15 @@ iterates it, closes the upstream response before it returns. A half-read
 response is closed, not drained, so the connection drops and the model server
 stops generating.
 
-One connection per stream: the request says ``Connection: close``, so no
-connection is pooled and reused. Keep-alive saves little on a request that
-lasts seconds, and llama-server drops a large request sent on a connection
-that carried a stream a few milliseconds before ("Server disconnected").
+Connections are kept alive and reused: a prompt to a hosted API skips a TLS
+handshake, and one to a local server a new connection. A finished stream
+hands its connection back to the pool; one left early is closed. A server
+may close a kept-alive connection just as a request goes out on it
+(llama-server drops a large request sent on the connection a stream ended on
+milliseconds before: "Server disconnected"): a request that a *reused*
+connection drops before any answer is sent again, on the next connection, and
+for the next ten minutes each request asks for a connection of its own; a new
+connection's drop is final (see ``_send``).
 """
 
 from __future__ import annotations
@@ -107,6 +112,11 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MODELS_TIMEOUT_S = 5.0  # for GET /models, when no model is configured
 MAX_MODELS_LISTED = 10  # in the message that asks the person to choose
 MODELS_CACHE_S = 60.0  # how long the page's list of models is kept
+#: After ``[DONE]``, how long the body's end is waited for (see ``_read_to_end``).
+BODY_END_WAIT_S = 0.05
+#: After a reused connection drops a request, how long each request asks for a
+#: connection of its own (see ``OpenAIProvider._send``).
+OWN_CONNECTIONS_S = 600.0
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer clearly and concisely."
 
 #: How much of an error body is read: enough for any JSON error, not a whole page.
@@ -210,7 +220,9 @@ def make_session() -> aiohttp.ClientSession:
     to gigabytes). The provider also says so on each request, in case its
     session was made another way.
     """
-    return aiohttp.ClientSession(connector=make_connector(), auto_decompress=False)
+    return aiohttp.ClientSession(
+        connector=make_connector(), auto_decompress=False, trace_configs=[_reuse_trace()]
+    )
 
 
 def make_connector() -> aiohttp.TCPConnector:
@@ -222,6 +234,28 @@ def make_connector() -> aiohttp.TCPConnector:
     many requests it serves at once.
     """
     return aiohttp.TCPConnector(limit=0)
+
+
+class _Attempt:
+    """One try at sending a request: whether it went out on a kept-alive
+    connection (aiohttp tells a request's trace when it reuses one)."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+def _reuse_trace() -> aiohttp.TraceConfig:
+    """A trace that marks a request's ``_Attempt`` when its connection is a reused one."""
+
+    async def on_reuse(_session: object, context: Any, _params: object) -> None:
+        if isinstance(context.trace_request_ctx, _Attempt):
+            context.trace_request_ctx.reused = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(on_reuse)
+    return trace
 
 
 class OpenAIProvider:
@@ -237,6 +271,9 @@ class OpenAIProvider:
         self.models_url = f"{settings.base_url.rstrip('/')}/models"
         self._listed: list[str] = []
         self._listed_at = -math.inf
+        #: Until when each request asks for a connection of its own (``Connection:
+        #: close``): set when a reused connection drops a request (see ``_send``).
+        self._own_connections_until = -math.inf
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ProviderEvent, None]:
         """Yield the events for one request (see ``providers.events`` for the contract)."""
@@ -268,6 +305,8 @@ class OpenAIProvider:
                         yield event
             finally:
                 alarm.off()
+            if translator.done:
+                await _read_to_end(response)
         finally:
             # Closed, not drained: dropping the connection of a half-read
             # response is how the model server learns to stop generating.
@@ -408,28 +447,48 @@ class OpenAIProvider:
             # compress; the identity encoding keeps tokens flowing. (And a
             # compressed answer is refused: see `_compressed`.)
             "Accept-Encoding": "identity",
-            # One connection per stream, never reused (see the module docstring).
-            "Connection": "close",
         }
+        if time.monotonic() < self._own_connections_until:
+            headers["Connection"] = "close"
         if self._settings.api_key:
             headers["Authorization"] = f"Bearer {self._settings.api_key}"
         return headers
 
     async def _send(self, body: dict[str, Any], clock: _Clock) -> aiohttp.ClientResponse:
-        """Send the request and wait for the response headers, or raise ``_CannotStart``."""
+        """Send the request and wait for the response headers, or raise ``_CannotStart``.
+
+        A kept-alive connection that the server closed as the request went out
+        on it fails with no answer at all: the request is sent again, on the
+        pool's next connection or a new one. Each such failure closes a pooled
+        connection, and the headers' deadline bounds them all. A new connection
+        that fails the same way is a real failure: the server got the request.
+
+        A server that drops one request so may drop them all (llama-server drops
+        every request sent on the connection a stream came on): for the next
+        ``OWN_CONNECTIONS_S`` each request asks for a connection of its own, as
+        if keep-alive were off, instead of being sent twice.
+        """
         settings = self._settings
         connect = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_connect=settings.connect_timeout
         )
         try:
             async with clock.timeout(clock.headers_deadline()):
-                return await self._session.post(
-                    self.url,
-                    json=body,
-                    headers=self._request_headers(),
-                    timeout=connect,
-                    auto_decompress=False,  # see `_compressed`
-                )
+                while True:
+                    attempt = _Attempt()
+                    try:
+                        return await self._session.post(
+                            self.url,
+                            json=body,
+                            headers=self._request_headers(),
+                            timeout=connect,
+                            auto_decompress=False,  # see `_compressed`
+                            trace_request_ctx=attempt,
+                        )
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                        if not attempt.reused:
+                            raise
+                        self._own_connections_until = time.monotonic() + OWN_CONNECTIONS_S
         except aiohttp.ConnectionTimeoutError:
             raise _CannotStart(
                 f"Could not reach the model server at {self._where()}: "
@@ -566,6 +625,18 @@ class OpenAIProvider:
         if not data:
             return translator.end(INTERRUPTED)
         return translator.feed(data, clock.read())
+
+
+async def _read_to_end(response: aiohttp.ClientResponse) -> None:
+    """Read what follows ``[DONE]`` (normally only the end of the chunked body) for
+    at most ``BODY_END_WAIT_S``: a body read to its end gives its connection back
+    to the pool, and ``response.close()`` drops one that was not."""
+    try:
+        async with asyncio.timeout(BODY_END_WAIT_S):
+            while await response.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
 
 
 class _Problem(NamedTuple):
@@ -709,7 +780,8 @@ class _Translator:
         self._parser = SSEParser()
         self._splitter = ThinkTagSplitter(settings.reasoning_hold)
         self._finish_reason: str | None = None
-        self._done = False
+        #: Whether ``[DONE]`` came: the server said all it had to say.
+        self.done = False
         self._usage: Usage | None = None
         #: Whether any reasoning or answer text arrived (the first-token limit).
         self.has_text = False
@@ -747,7 +819,7 @@ class _Translator:
         A ``finish_reason`` or ``[DONE]`` already said the answer is complete,
         so whatever stopped the stream after that does not make it a failure.
         """
-        if self._finish_reason is not None or self._done:
+        if self._finish_reason is not None or self.done:
             return self._close(None)
         return self._close(Failure(interruption))
 
@@ -772,7 +844,7 @@ class _Translator:
             detail = _error_detail(_json_object(sse_event.data)) or sse_event.data
             return self._fail_with(detail)
         if sse_event.data.startswith(DONE_MARKER):
-            self._done = True
+            self.done = True
             return self._close(None)
         if not sse_event.data.strip():
             return []  # an empty `data:` line says nothing

@@ -233,6 +233,9 @@ class FakeUpstream:
         self.base_url = ""  # set once the server listens: http://127.0.0.1:PORT/v1
         self.requests: list[RecordedRequest] = []
         self.fallback = NOTHING_SCRIPTED
+        #: False: each response closes its connection, so the client keeps no idle
+        #: connection here (and this server no task waiting on one).
+        self.keep_alive = True
         self.gone_at: float | None = None
         self._replies: deque[Reply] = deque()
         self._gone = asyncio.Event()
@@ -272,18 +275,26 @@ class FakeUpstream:
         scripted = self._replies.popleft() if self._replies else self.fallback
         try:
             await asyncio.sleep(scripted.headers_delay)
-            if scripted.content_type.startswith(SSE_CONTENT_TYPE):
-                return await self._stream(request, scripted)
-            return _whole(scripted)
+            response = (
+                web.StreamResponse(
+                    status=scripted.status,
+                    headers={"Content-Type": scripted.content_type, **scripted.headers},
+                )
+                if scripted.content_type.startswith(SSE_CONTENT_TYPE)
+                else _whole(scripted)
+            )
+            if not self.keep_alive:
+                response.force_close()
+            if isinstance(response, web.Response):
+                return response
+            return await self._stream(request, scripted, response)
         except (asyncio.CancelledError, ConnectionResetError):
             self._note_gone()
             raise
 
-    async def _stream(self, request: web.Request, scripted: Reply) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=scripted.status,
-            headers={"Content-Type": scripted.content_type, **scripted.headers},
-        )
+    async def _stream(
+        self, request: web.Request, scripted: Reply, response: web.StreamResponse
+    ) -> web.StreamResponse:
         await response.prepare(request)
         for write in scripted.writes():
             if isinstance(write, Pause):

@@ -178,17 +178,98 @@ async def test_request_without_key_or_options(fake_upstream: FakeUpstream, run: 
     assert "max_tokens" not in request.json
 
 
-async def test_each_stream_has_its_own_connection(
+async def test_a_finished_stream_leaves_its_connection_for_the_next_prompt(
     fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
 ) -> None:
-    """No pooled connection is reused (llama-server drops requests on a reused one)."""
+    """Kept alive: the second prompt goes out on the first one's connection."""
     provider = make_provider(fake_upstream, client_session)
     for _ in range(2):
         fake_upstream.reply([chunk(content="ok", finish_reason="stop"), DONE])
         assert (await collect(provider)).failure is None
     first, second = fake_upstream.requests
-    assert first.headers["Connection"] == "close"
-    assert first.peer != second.peer
+    assert "Connection" not in first.headers
+    assert first.peer == second.peer
+
+
+class DropsReusedRequests:
+    """A model server on 127.0.0.1 that answers the first request on each connection
+    with a short stream and keeps the connection alive (unless the request said
+    ``Connection: close``), then closes it without a word when a second request
+    comes on it, as llama-server does with a request sent on the connection a
+    stream ended on. ``drop_all``: closes every connection at its first request
+    instead."""
+
+    ANSWER = chunk(content="ok", finish_reason="stop") + DONE
+
+    def __init__(self, drop_all: bool = False) -> None:
+        self.drop_all = drop_all
+        #: (connection number, request number on it, answered) per request seen.
+        self.requests: list[tuple[int, int, bool]] = []
+        #: Per request seen, whether it said ``Connection: close``.
+        self.asked_to_close: list[bool] = []
+        self._connections = 0
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = self._connections = self._connections + 1
+        try:
+            for number in range(1, 10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(
+                    line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if line
+                )
+                await reader.readexactly(int(fields[b"content-length"]))
+                self.asked_to_close.append(fields.get(b"connection", b"").strip() == b"close")
+                answered = number == 1 and not self.drop_all
+                self.requests.append((connection, number, answered))
+                if not answered:
+                    return
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(self.ANSWER), self.ANSWER)
+                )
+                await writer.drain()
+                if self.asked_to_close[-1]:
+                    return  # as HTTP/1.1 says: the last request on this connection
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_request_a_reused_connection_drops_is_sent_again_on_a_new_one(
+    client_session: aiohttp.ClientSession,
+) -> None:
+    upstream = DropsReusedRequests()
+    async with upstream as base_url:
+        provider = OpenAIProvider(client_session, OpenAISettings(base_url=base_url, model="m"))
+        for _ in range(3):
+            result = await collect(provider)
+            assert (result.failure, result.answer) == (None, "ok")
+    # The second prompt went out on the first one's connection, was dropped, and
+    # was sent again on a new connection; from then on, each prompt asks for a
+    # connection of its own (the third is not sent twice).
+    assert upstream.requests == [(1, 1, True), (1, 2, False), (2, 1, True), (3, 1, True)]
+    assert upstream.asked_to_close == [False, False, True, True]
+
+
+async def test_a_request_a_new_connection_drops_is_not_sent_again(
+    client_session: aiohttp.ClientSession,
+) -> None:
+    upstream = DropsReusedRequests(drop_all=True)
+    async with upstream as base_url:
+        provider = OpenAIProvider(client_session, OpenAISettings(base_url=base_url, model="m"))
+        result = await collect(provider)
+    assert result.failure is not None
+    assert result.failure.endswith("dropped the request (ServerDisconnectedError).")
+    assert upstream.requests == [(1, 1, False)]
 
 
 async def test_settings_repr_hides_the_key() -> None:

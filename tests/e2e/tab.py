@@ -159,6 +159,9 @@ class Tab:
         old one, already done: wait for the new turn first (``ask`` does).
         """
         await expect(self.turn).to_have_class(re.compile(r"\bdone\b"))
+        # The final answer may still be settling: htmx gives a swapped-in element
+        # the old one's attributes for its settle delay (20 ms), then its own.
+        await expect(self.page.locator(".htmx-swapping, .htmx-settling")).to_have_count(0)
 
     async def timeline(self) -> list[dict[str, Any]]:
         """Each visible state of thought, answer and error line, in order (observe.js)."""
