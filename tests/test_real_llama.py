@@ -105,8 +105,8 @@ async def test_an_early_close_frees_the_slot(client_session: aiohttp.ClientSessi
 async def test_a_real_error_right_after_a_stream(client_session: aiohttp.ClientSession) -> None:
     """A large request straight after a stream is answered, not dropped.
 
-    llama-server drops such a request when it reuses the connection the stream
-    came on ("Server disconnected"); the provider never reuses one.
+    llama-server drops any request sent on the connection a stream came on
+    ("Server disconnected"); the provider sends it again on a new connection.
     """
     too_long = "word " * 6000  # more tokens than a 4096-token slot holds
     async with asyncio.timeout(ANSWER_WITHIN):
