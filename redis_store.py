@@ -548,8 +548,9 @@ class RedisStore(Store):
             for key in (self.key("pending"), self.key("pending", client)):
                 pipe.zadd(key, {turn.uid: posted})
                 pipe.pexpire(key, ms(self.live_ttl()))
-            await pipe.execute()
-        await self._bound_conversations()
+            self._read_bounds(pipe)
+            *_, expired, count, kept = await pipe.execute()
+        await self._bound_conversations(expired, count, kept)
         return conversation, turn, new
 
     def _save(self, pipe: Any, conversation: Conversation, old_chars: int) -> None:
@@ -587,18 +588,27 @@ class RedisStore(Store):
                 given_way.append((turn.uid, client.decode()))
         return given_way
 
-    async def _bound_conversations(self) -> None:
+    def _read_bounds(self, pipe: Any) -> None:
+        """Queue the three reads ``_bound_conversations`` takes: the conversations
+        past their expiry, how many are kept, and their characters in all. (Read in
+        the transaction that saved a conversation: no round trip of their own.)"""
+        convs = self.key("convs")
+        pipe.zrangebyscore(
+            convs, "-inf", time.time() - self.config.conversation_ttl, start=0, num=100
+        )
+        pipe.zcard(convs)
+        pipe.get(self.key("chars-total"))
+
+    async def _bound_conversations(
+        self, expired: list[bytes], count: int, kept_total: bytes | None
+    ) -> None:
         """Past --max-conversations or --max-kept-chars, forget the least recently
         used conversations (never one whose answer is streaming, nor the newest).
-        Within the bounds, the usual case, this costs a few commands."""
+        Within the bounds, the usual case, this costs nothing more: the counts come
+        from ``_read_bounds``."""
         config, redis = self.config, self.redis
-        convs, total = self.key("convs"), self.key("chars-total")
-        pipe = redis.pipeline(transaction=False)  # one round trip for the three
-        pipe.zrangebyscore(convs, "-inf", time.time() - config.conversation_ttl, start=0, num=100)
-        pipe.zcard(convs)
-        pipe.get(total)
-        expired, count, kept = await pipe.execute()
-        kept = int(kept or 0)
+        convs = self.key("convs")
+        kept = int(kept_total or 0)
         for cid in expired:  # gone by their own expiry: out of the counts too
             kept -= await self._forget_conversation(cid)
             count -= 1
@@ -900,8 +910,9 @@ class RedisStore(Store):
             ]
             pipe.multi()
             self._save(pipe, conversation, old_chars)
-            await pipe.execute()
-        await self._bound_conversations()
+            self._read_bounds(pipe)
+            *_, expired, count, kept = await pipe.execute()
+        await self._bound_conversations(expired, count, kept)
 
     async def stop(self, uid: str, reason: str) -> None:
         if isinstance(self._streams.get(uid), LoggedStream):
