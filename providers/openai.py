@@ -253,8 +253,14 @@ def _reuse_trace() -> aiohttp.TraceConfig:
         if isinstance(context.trace_request_ctx, _Attempt):
             context.trace_request_ctx.reused = True
 
+    async def on_redirect(_session: object, context: Any, _params: object) -> None:
+        # A redirect's next leg has a connection of its own: the flag is the last leg's.
+        if isinstance(context.trace_request_ctx, _Attempt):
+            context.trace_request_ctx.reused = False
+
     trace = aiohttp.TraceConfig()
     trace.on_connection_reuseconn.append(on_reuse)
+    trace.on_request_redirect.append(on_redirect)
     return trace
 
 
@@ -485,6 +491,8 @@ class OpenAIProvider:
                             auto_decompress=False,  # see `_compressed`
                             trace_request_ctx=attempt,
                         )
+                    except aiohttp.ClientConnectorError:
+                        raise  # no connection at all (a ClientOSError too): never sent again
                     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                         if not attempt.reused:
                             raise

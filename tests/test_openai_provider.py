@@ -272,6 +272,80 @@ async def test_a_request_a_new_connection_drops_is_not_sent_again(
     assert upstream.requests == [(1, 1, False)]
 
 
+class RedirectsEverything:
+    """A model server on 127.0.0.1 that answers every request with a 307 to
+    ``target`` and keeps each connection alive (even when asked to close it)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target.encode()
+        self.requests = 0
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(
+                    line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if line
+                )
+                await reader.readexactly(int(fields[b"content-length"]))
+                self.requests += 1
+                writer.write(
+                    b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s\r\n"
+                    b"Content-Length: 0\r\n\r\n" % self.target
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_redirect_to_an_unreachable_server_is_not_sent_again(
+    client_session: aiohttp.ClientSession, refusing_port: int
+) -> None:
+    """The redirect's first leg went out on a reused connection, but its second
+    could not connect at all: that is no dropped request, and not sent again
+    (it was, in a loop, until the headers' deadline)."""
+    upstream = RedirectsEverything(f"http://127.0.0.1:{refusing_port}/v1/chat/completions")
+    async with upstream as base_url:
+        settings = OpenAISettings(base_url=base_url, model="m", idle_timeout=1.0)
+        provider = OpenAIProvider(client_session, settings)
+        for prompt in (1, 2):
+            result = await collect(provider)
+            assert result.failure == (
+                f"Could not reach the model server at 127.0.0.1:{refusing_port}: "
+                "Connection refused."
+            )
+            assert upstream.requests == prompt  # once each
+
+
+async def test_a_request_a_redirect_target_drops_is_not_sent_again(
+    client_session: aiohttp.ClientSession,
+) -> None:
+    """The redirect's first leg went out on a reused connection, its second on a
+    new one, which the server dropped: the server got it, and it is not sent again
+    (it was, in a loop, until the headers' deadline)."""
+    target = DropsReusedRequests(drop_all=True)
+    async with target as target_url:
+        upstream = RedirectsEverything(f"{target_url}/chat/completions")
+        async with upstream as base_url:
+            settings = OpenAISettings(base_url=base_url, model="m", idle_timeout=1.0)
+            provider = OpenAIProvider(client_session, settings)
+            for prompt in (1, 2):
+                result = await collect(provider)
+                assert result.failure is not None
+                assert result.failure.endswith("dropped the request (ServerDisconnectedError).")
+                assert (upstream.requests, len(target.requests)) == (prompt, prompt)
+
+
 async def test_settings_repr_hides_the_key() -> None:
     settings = OpenAISettings(base_url="http://127.0.0.1:1/v1", model="m", api_key=API_KEY)
     assert API_KEY not in repr(settings)
