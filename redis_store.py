@@ -210,16 +210,47 @@ def request_from_json(raw: bytes) -> ChatRequest:
 
 
 #: Forgets a conversation (KEYS: its JSON, the conversations' zset, the characters
-#: hash, their total; ARGV: its id) and takes its characters off the total, in one
-#: step, only if this call took it out of the zset: prompts at the bound at once
-#: pick the same oldest conversations, and each took its characters off again.
+#: hash, their total, the streaming set; ARGV: its id) and takes its characters off
+#: the total, in one step, only if this call took it out of the zset: prompts at
+#: the bound at once pick the same oldest conversations, and each took its
+#: characters off again.
 FORGET_CONVERSATION = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 local chars = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 redis.call('DEL', KEYS[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('DECRBY', KEYS[4], chars)
+redis.call('SREM', KEYS[5], ARGV[1])
 return chars
+"""
+
+#: Past the bounds, forgets the least recently used conversations, never one whose
+#: answer is streaming nor the newest, until both bounds hold or ARGV[3] were
+#: looked at (KEYS: the conversations' zset, the characters hash, their total,
+#: the streaming set; ARGV: at most this many conversations, and characters, the
+#: most to look at, the prefix of a conversation's key). One step for all: prompts
+#: at the bound at once each forget what is past it at their moment, never the same
+#: one twice. (The conversations' own keys are made here from the prefix, which is
+#: fine on the one Redis server this store uses.) Returns how many it forgot.
+MAKE_ROOM = """
+local convs, chars, total, streaming = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local max_count, max_chars = tonumber(ARGV[1]), tonumber(ARGV[2])
+local count = redis.call('ZCARD', convs)
+local kept = tonumber(redis.call('GET', total) or '0')
+if count < 2 or (count <= max_count and kept <= max_chars) then return 0 end
+local forgotten = 0
+for _, cid in ipairs(redis.call('ZRANGE', convs, 0, math.min(count - 2, ARGV[3] - 1))) do
+  if count <= max_count and kept <= max_chars then break end
+  if redis.call('SISMEMBER', streaming, cid) == 0 then
+    local its = tonumber(redis.call('HGET', chars, cid) or '0')
+    redis.call('ZREM', convs, cid)
+    redis.call('DEL', ARGV[4] .. cid)
+    redis.call('HDEL', chars, cid)
+    redis.call('DECRBY', total, its)
+    count, kept, forgotten = count - 1, kept - its, forgotten + 1
+  end
+end
+return forgotten
 """
 
 
@@ -299,6 +330,7 @@ class RedisStore(Store):
         self.worker = secrets.token_hex(6)
         self.redis = connect(self.url)
         self._forget_script = self.redis.register_script(FORGET_CONVERSATION)
+        self._make_room_script = self.redis.register_script(MAKE_ROOM)
         # The heartbeat's own connection: however busy the pool, it is never late
         # (a worker whose heartbeat stops is taken for dead, and its answers ended).
         self.beat = connect(self.url, pool_size=1)
@@ -555,17 +587,21 @@ class RedisStore(Store):
 
     def _save(self, pipe: Any, conversation: Conversation, old_chars: int) -> None:
         """Keep the conversation (it had ``old_chars`` characters before), and what the
-        bounds count: its last use, its characters, everyone's characters."""
-        chars = conversation.chars()
+        bounds count: its last use, its characters, everyone's characters, and
+        whether its answer is streaming (then it is not forgotten)."""
+        cid, chars = conversation.cid, conversation.chars()
         pipe.set(
-            self.key("conv", conversation.cid),
-            conversation_to_json(conversation),
+            self.key("conv", cid), conversation_to_json(conversation),
             px=ms(self.config.conversation_ttl),
-        )
-        pipe.zadd(self.key("convs"), {conversation.cid: time.time()})
-        pipe.hset(self.key("chars"), conversation.cid, chars)
+        )  # fmt: skip
+        pipe.zadd(self.key("convs"), {cid: time.time()})
+        pipe.hset(self.key("chars"), cid, chars)
         pipe.incrby(self.key("chars-total"), chars - old_chars)
-        for key in ("convs", "chars", "chars-total"):
+        if conversation.streaming:
+            pipe.sadd(self.key("streaming"), cid)
+        else:
+            pipe.srem(self.key("streaming"), cid)
+        for key in ("convs", "chars", "chars-total", "streaming"):
             pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
 
     async def _let_go_of_unopened_turns(
@@ -606,31 +642,25 @@ class RedisStore(Store):
         used conversations (never one whose answer is streaming, nor the newest).
         Within the bounds, the usual case, this costs nothing more: the counts come
         from ``_read_bounds``."""
-        config, redis = self.config, self.redis
-        convs = self.key("convs")
+        config = self.config
         kept = int(kept_total or 0)
         for cid in expired:  # gone by their own expiry: out of the counts too
             kept -= await self._forget_conversation(cid)
             count -= 1
         if count <= config.max_conversations and kept <= config.max_kept_chars:
             return
-        # The oldest first, all but the newest; a few at a time: while they are all
-        # streaming, the bound waits for their answers to end, at a later prompt.
-        for cid in await redis.zrange(convs, 0, min(count - 2, BOUND_CANDIDATES - 1)):
-            if count <= config.max_conversations and kept <= config.max_kept_chars:
-                return
-            raw = await redis.get(self.key("conv", cid.decode()))
-            if raw is not None and conversation_from_json(raw).streaming:
-                continue
-            kept -= await self._forget_conversation(cid)
-            count -= 1
+        # The oldest first, a few at a time: while they are all streaming, the
+        # bound waits for their answers to end, at a later prompt.
+        keys = [self.key(name) for name in ("convs", "chars", "chars-total", "streaming")]
+        limits = [config.max_conversations, config.max_kept_chars, BOUND_CANDIDATES]
+        await self._make_room_script(keys=keys, args=[*limits, self.key("conv", "")])
 
     async def _forget_conversation(self, cid: bytes) -> int:
         """Forget a conversation, and its characters from the count; how many (0 if
         another prompt forgot it first)."""
         keys = [
             self.key("conv", cid.decode()), self.key("convs"), self.key("chars"),
-            self.key("chars-total"),
+            self.key("chars-total"), self.key("streaming"),
         ]  # fmt: skip
         return int(await self._forget_script(keys=keys, args=[cid]))
 

@@ -383,6 +383,33 @@ async def test_the_least_recently_used_conversation_goes_first(start_app):
     assert (await client.get(f"/c/{second}")).status == 404
 
 
+class FirstAnswerHangs(ScriptedProvider):
+    """Its script for every prompt; the first prompt's answer then never ends."""
+
+    async def stream(self, request):
+        first = not self.requests
+        async for event in super().stream(request):
+            yield event
+        if first:
+            await asyncio.Event().wait()
+
+
+async def test_a_conversation_whose_answer_streams_is_never_the_one_forgotten(start_app):
+    client = await start_app(provider=FirstAnswerHangs([Answer("ok")]), max_conversations=2)
+    response = await ask(client, "An answer that goes on")
+    streaming = response.headers["HX-Push-Url"].removeprefix("/c/")
+    stream = await client.get(
+        "/response-stream", params={"uid": uid_from_snippet(await response.text())}
+    )
+    await stream.content.readuntil(b"event: answer_chunk")
+    second, _ = await turn(client, "two")
+    third, _ = await turn(client, "three")  # past the bound: the oldest but streaming stays
+    assert (await client.get(f"/c/{streaming}")).status == 200
+    assert (await client.get(f"/c/{second}")).status == 404
+    assert (await client.get(f"/c/{third}")).status == 200
+    stream.close()
+
+
 async def test_the_operator_can_fix_the_model_and_the_page_shows_it_read_only(
     start_app, fake_upstream
 ):

@@ -5,6 +5,7 @@ a mistyped URL. Real sockets, real redis-server, real worker processes where it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -298,3 +299,27 @@ async def test_two_workers_forgetting_one_conversation_take_its_characters_off_o
     assert sorted(forgot) == [0, its_chars]  # one of them forgot it
     assert int(await redis.get(total)) == kept - its_chars
     assert sum(int(n) for n in (await redis.hvals(chars))) == kept - its_chars
+
+
+async def test_two_workers_making_room_at_once_forget_no_more_than_they_must(start_workers):
+    """Two prompts past --max-conversations at once, on two workers: one conversation
+    too many, so one is forgotten (the oldest), not one each."""
+    provider = ScriptedProvider([Answer("forty-two")])
+    a, b = await start_workers(count=2, provider=provider, max_conversations=3)
+    for _ in range(3):
+        await read_stream(a, await post_prompt(a, "What is six times seven?"))
+    store_a, store_b = a.app[STORE], b.app[STORE]
+    redis, convs = store_a.redis, store_a.key("convs")
+    oldest, *others = await redis.zrange(convs, 0, -1)
+    kept = await redis.get(store_a.key("chars-total"))
+    for store in (store_a, store_b):
+        store.config = dataclasses.replace(store.config, max_conversations=2)  # one too many
+
+    await asyncio.gather(
+        store_a._bound_conversations([], 3, kept), store_b._bound_conversations([], 3, kept)
+    )
+
+    assert await redis.zrange(convs, 0, -1) == others
+    assert await redis.get(store_a.key("conv", oldest.decode())) is None
+    total = int(await redis.get(store_a.key("chars-total")))
+    assert total == sum(int(n) for n in await redis.hvals(store_a.key("chars"))) > 0
