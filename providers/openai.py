@@ -472,7 +472,9 @@ class OpenAIProvider:
         A server that drops one request so may drop them all (llama-server drops
         every request sent on the connection a stream came on): for the next
         ``OWN_CONNECTIONS_S`` each request asks for a connection of its own, as
-        if keep-alive were off, instead of being sent twice.
+        if keep-alive were off, so none is pooled again. (aiohttp still hands out
+        a connection pooled before that, if there is one: each such is tried,
+        and dropped, once.)
         """
         settings = self._settings
         connect = aiohttp.ClientTimeout(
