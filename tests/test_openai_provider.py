@@ -191,7 +191,31 @@ async def test_a_finished_stream_leaves_its_connection_for_the_next_prompt(
     assert first.peer == second.peer
 
 
-class DropsReusedRequests:
+class RawModelServer:
+    """A model server on 127.0.0.1 written on bare sockets, for what aiohttp's server
+    would not do; ``async with`` gives its base URL. Subclasses serve a connection."""
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def read_request(reader: asyncio.StreamReader) -> dict[bytes, bytes]:
+        """Read one request (a POST with a Content-Length); its header fields, lower case."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if line)
+        await reader.readexactly(int(fields[b"content-length"]))
+        return {name: value.strip() for name, value in fields.items()}
+
+
+class DropsReusedRequests(RawModelServer):
     """A model server on 127.0.0.1 that answers the first request on each connection
     with a short stream and keeps the connection alive (unless the request said
     ``Connection: close``), then closes it without a word when a second request
@@ -209,24 +233,12 @@ class DropsReusedRequests:
         self.asked_to_close: list[bool] = []
         self._connections = 0
 
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._server.close()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = self._connections = self._connections + 1
         try:
             for number in range(1, 10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                fields = dict(
-                    line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if line
-                )
-                await reader.readexactly(int(fields[b"content-length"]))
-                self.asked_to_close.append(fields.get(b"connection", b"").strip() == b"close")
+                fields = await self.read_request(reader)
+                self.asked_to_close.append(fields.get(b"connection") == b"close")
                 answered = number == 1 and not self.drop_all
                 self.requests.append((connection, number, answered))
                 if not answered:
@@ -272,7 +284,7 @@ async def test_a_request_a_new_connection_drops_is_not_sent_again(
     assert upstream.requests == [(1, 1, False)]
 
 
-class RedirectsEverything:
+class RedirectsEverything(RawModelServer):
     """A model server on 127.0.0.1 that answers every request with a 307 to
     ``target`` and keeps each connection alive (even when asked to close it)."""
 
@@ -280,22 +292,10 @@ class RedirectsEverything:
         self.target = target.encode()
         self.requests = 0
 
-    async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._server.close()
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                fields = dict(
-                    line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if line
-                )
-                await reader.readexactly(int(fields[b"content-length"]))
+                await self.read_request(reader)
                 self.requests += 1
                 writer.write(
                     b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s\r\n"
