@@ -121,6 +121,8 @@ class ThinkTagSplitter:
         """Take the next piece of content; return what can be given out now."""
         if not text:
             return []
+        if self._mode is _Mode.ANSWERING and not (self._buffer or self._set_aside):
+            return self._answer(text)  # the answer has begun: nothing more to look for
         if self._first_content_at is None:
             self._first_content_at = now
         # Text held past its time is answer, whatever this new piece says.
