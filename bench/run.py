@@ -247,11 +247,13 @@ class Servers:
         prefix: str | None = None,
         workers: int = 1,
         more: Sequence[str] = (),
+        tree: Path = ROOT,
     ) -> Process:
         """The app; ``hold``: with its default reasoning hold (see ``APP_FLAGS``);
         ``plain``: the answer streamed as text (``--plain-stream``), not rendered;
         ``store``: on that Redis, its keys under ``prefix`` (the name unless told),
-        with ``workers`` worker processes; ``more``: other flags."""
+        with ``workers`` worker processes; ``more``: other flags; ``tree``: the
+        checkout whose server.py runs (bench/compare.py runs another version)."""
         window_flags = [] if window is None else ["--answer-window", str(window)]
         flags = LIMITS_LIFTED if hold else APP_FLAGS
         base_url = ["--base-url", f"{self.upstream.base}/v1"]
@@ -261,7 +263,7 @@ class Servers:
             shared = ["--redis-url", store.url, "--redis-prefix", prefix or name]
             shared += ["--workers", str(workers)]
         args = [*flags, *base_url, *window_flags, *plain_flag, *shared, *more]
-        process = self._start(name, ["server.py", *args])
+        process = self._start(name, [str(tree / "server.py"), *args])
         wait_for_workers(process, workers)
         return process
 
