@@ -61,8 +61,8 @@ Connections are kept alive and reused: a prompt to a hosted API skips a TLS
 handshake, and one to a local server a new connection. A finished stream
 hands its connection back to the pool; one left early is closed. A server
 may close a kept-alive connection just as a request goes out on it
-(llama-server drops a large request sent on the connection a stream ended on
-milliseconds before: "Server disconnected"): a request that a *reused*
+(llama-server drops every request sent on the connection a stream came on:
+"Server disconnected"): a request that a *reused*
 connection drops before any answer is sent again, on the next connection, and
 for the next ten minutes each request asks for a connection of its own; a new
 connection's drop is final (see ``_send``).
