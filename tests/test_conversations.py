@@ -522,3 +522,29 @@ def test_making_room_skips_streaming_conversations_and_forgets_no_more_than_it_m
     conversations.make_room()  # over both bounds: all but the streaming one and the newest go
     assert list(conversations) == [newest, streaming]
     assert conversations.kept_chars == len("still answering") + 200
+
+
+async def test_a_prompt_never_opened_does_not_hold_back_the_bound(start_app, monkeypatch):
+    # Prompts whose page went away before opening the stream: once --uid-ttl has
+    # passed their answers can never stream (the page says "never opened"). They
+    # must not count as streaming for the bound: in memory the sweep ends them;
+    # on Redis their JSON keeps an undone turn, so they stay in the `streaming`
+    # set and MAKE_ROOM skips them until --conversation-ttl. With as many of them
+    # at the oldest end as a call looks at (BOUND_CANDIDATES, 20; 2 here), the
+    # bound stops working for every later conversation.
+    import redis_store
+
+    monkeypatch.setattr(redis_store, "BOUND_CANDIDATES", 2)
+    monkeypatch.setattr("conversations.MAKE_ROOM_LOOKS", 2)
+    client = await start_app(provider=ScriptedProvider([Answer("ok")]), max_conversations=3,
+                             uid_ttl=0.2)
+    abandoned = []
+    for prompt in ("left one", "left two"):
+        response = await ask(client, prompt)
+        assert response.status == 200
+        abandoned.append(response.headers["HX-Push-Url"].removeprefix("/c/"))
+    await asyncio.sleep(0.5)  # past --uid-ttl: never to be opened
+    assert "never opened" in await (await client.get(f"/c/{abandoned[0]}")).text()
+    answered = [(await turn(client, f"q{n}"))[0] for n in range(4)]
+    kept = [cid for cid in [*abandoned, *answered] if (await client.get(f"/c/{cid}")).status == 200]
+    assert len(kept) <= 3, kept
