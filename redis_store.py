@@ -220,7 +220,7 @@ local chars = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 redis.call('DEL', KEYS[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('DECRBY', KEYS[4], chars)
-redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 return chars
 """
 
@@ -235,17 +235,27 @@ return chars
 MAKE_ROOM = """
 local convs, chars, total, streaming = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local max_count, max_chars = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, uid_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local count = redis.call('ZCARD', convs)
 local kept = tonumber(redis.call('GET', total) or '0')
 if count < 2 or (count <= max_count and kept <= max_chars) then return 0 end
+local function may_stream(cid)  -- as RedisStore._may_stream, for its undone turn
+  local uid = redis.call('HGET', streaming, cid)
+  if not uid then return false end
+  local s = redis.call('HMGET', ARGV[5] .. uid, 'state', 'posted')
+  if not s[2] then return false end
+  if s[1] == 'pending' then return now - tonumber(s[2]) <= uid_ttl end
+  return s[1] ~= false
+end
 local forgotten = 0
 for _, cid in ipairs(redis.call('ZRANGE', convs, 0, math.min(count - 2, ARGV[3] - 1))) do
   if count <= max_count and kept <= max_chars then break end
-  if redis.call('SISMEMBER', streaming, cid) == 0 then
+  if not may_stream(cid) then
     local its = tonumber(redis.call('HGET', chars, cid) or '0')
     redis.call('ZREM', convs, cid)
     redis.call('DEL', ARGV[4] .. cid)
     redis.call('HDEL', chars, cid)
+    redis.call('HDEL', streaming, cid)
     redis.call('DECRBY', total, its)
     count, kept, forgotten = count - 1, kept - its, forgotten + 1
   end
@@ -597,11 +607,12 @@ class RedisStore(Store):
         pipe.zadd(self.key("convs"), {cid: time.time()})
         pipe.hset(self.key("chars"), cid, chars)
         pipe.incrby(self.key("chars-total"), chars - old_chars)
-        if conversation.streaming:
-            pipe.sadd(self.key("streaming"), cid)
+        undone = [turn.uid for turn in conversation.turns if not turn.done]
+        if undone:
+            pipe.hset(self.key("streaming-turn"), cid, undone[-1])
         else:
-            pipe.srem(self.key("streaming"), cid)
-        for key in ("convs", "chars", "chars-total", "streaming"):
+            pipe.hdel(self.key("streaming-turn"), cid)
+        for key in ("convs", "chars", "chars-total", "streaming-turn"):
             pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
 
     async def _let_go_of_unopened_turns(
@@ -651,16 +662,19 @@ class RedisStore(Store):
             return
         # The oldest first, a few at a time: while they are all streaming, the
         # bound waits for their answers to end, at a later prompt.
-        keys = [self.key(name) for name in ("convs", "chars", "chars-total", "streaming")]
+        keys = [self.key(name) for name in ("convs", "chars", "chars-total", "streaming-turn")]
         limits = [config.max_conversations, config.max_kept_chars, BOUND_CANDIDATES]
-        await self._make_room_script(keys=keys, args=[*limits, self.key("conv", "")])
+        prefixes = [self.key("conv", ""), self.key("stream", "")]
+        await self._make_room_script(
+            keys=keys, args=[*limits, *prefixes, repr(time.time()), config.uid_ttl]
+        )
 
     async def _forget_conversation(self, cid: bytes) -> int:
         """Forget a conversation, and its characters from the count; how many (0 if
         another prompt forgot it first)."""
         keys = [
             self.key("conv", cid.decode()), self.key("convs"), self.key("chars"),
-            self.key("chars-total"), self.key("streaming"),
+            self.key("chars-total"), self.key("streaming-turn"),
         ]  # fmt: skip
         return int(await self._forget_script(keys=keys, args=[cid]))
 
