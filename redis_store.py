@@ -210,7 +210,7 @@ def request_from_json(raw: bytes) -> ChatRequest:
 
 
 #: Forgets a conversation (KEYS: its JSON, the conversations' zset, the characters
-#: hash, their total, the streaming set; ARGV: its id) and takes its characters off
+#: hash, their total, the undone turns' hash; ARGV: its id) and takes its characters off
 #: the total, in one step, only if this call took it out of the zset: prompts at
 #: the bound at once pick the same oldest conversations, and each took its
 #: characters off again.
@@ -224,23 +224,26 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 return chars
 """
 
-#: Past the bounds, forgets the least recently used conversations, never one whose
-#: answer is streaming nor the newest, until both bounds hold or ARGV[3] were
-#: looked at (KEYS: the conversations' zset, the characters hash, their total,
-#: the streaming set; ARGV: at most this many conversations, and characters, the
-#: most to look at, the prefix of a conversation's key). One step for all: prompts
-#: at the bound at once each forget what is past it at their moment, never the same
-#: one twice. (The conversations' own keys are made here from the prefix, which is
-#: fine on the one Redis server this store uses.) Returns how many it forgot.
+#: Past the bounds, forgets the least recently used conversations, never the newest
+#: nor one whose answer may still stream (its undone turn's stream is producing,
+#: kept for a resume, or waiting to be opened within --uid-ttl, as
+#: ``RedisStore._may_stream`` says), until both bounds hold or ARGV[3] were looked
+#: at. KEYS: the conversations' zset, the characters hash, their total, the undone
+#: turns' hash (conversation → uid). ARGV: at most this many conversations, and
+#: characters, the most to look at, the prefixes of a conversation's key and of a
+#: stream's, the time now, --uid-ttl. One step for all: prompts at the bound at once
+#: each forget what is past it at their moment, never the same one twice. (Keys are
+#: made here from the prefixes, which is fine on the one Redis server this store
+#: uses.) Returns how many it forgot.
 MAKE_ROOM = """
-local convs, chars, total, streaming = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local convs, chars, total, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local max_count, max_chars = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now, uid_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local count = redis.call('ZCARD', convs)
 local kept = tonumber(redis.call('GET', total) or '0')
 if count < 2 or (count <= max_count and kept <= max_chars) then return 0 end
 local function may_stream(cid)  -- as RedisStore._may_stream, for its undone turn
-  local uid = redis.call('HGET', streaming, cid)
+  local uid = redis.call('HGET', undone, cid)
   if not uid then return false end
   local s = redis.call('HMGET', ARGV[5] .. uid, 'state', 'posted')
   if not s[2] then return false end
@@ -255,7 +258,7 @@ for _, cid in ipairs(redis.call('ZRANGE', convs, 0, math.min(count - 2, ARGV[3] 
     redis.call('ZREM', convs, cid)
     redis.call('DEL', ARGV[4] .. cid)
     redis.call('HDEL', chars, cid)
-    redis.call('HDEL', streaming, cid)
+    redis.call('HDEL', undone, cid)
     redis.call('DECRBY', total, its)
     count, kept, forgotten = count - 1, kept - its, forgotten + 1
   end
@@ -597,8 +600,9 @@ class RedisStore(Store):
 
     def _save(self, pipe: Any, conversation: Conversation, old_chars: int) -> None:
         """Keep the conversation (it had ``old_chars`` characters before), and what the
-        bounds count: its last use, its characters, everyone's characters, and
-        whether its answer is streaming (then it is not forgotten)."""
+        bounds count: its last use, its characters, everyone's characters, and its
+        turn not done yet, if any (``MAKE_ROOM`` asks that turn's stream whether
+        the answer may still stream: then the conversation is not forgotten)."""
         cid, chars = conversation.cid, conversation.chars()
         pipe.set(
             self.key("conv", cid), conversation_to_json(conversation),
@@ -609,10 +613,10 @@ class RedisStore(Store):
         pipe.incrby(self.key("chars-total"), chars - old_chars)
         undone = [turn.uid for turn in conversation.turns if not turn.done]
         if undone:
-            pipe.hset(self.key("streaming-turn"), cid, undone[-1])
+            pipe.hset(self.key("undone-turns"), cid, undone[-1])
         else:
-            pipe.hdel(self.key("streaming-turn"), cid)
-        for key in ("convs", "chars", "chars-total", "streaming-turn"):
+            pipe.hdel(self.key("undone-turns"), cid)
+        for key in ("convs", "chars", "chars-total", "undone-turns"):
             pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
 
     async def _let_go_of_unopened_turns(
@@ -662,7 +666,7 @@ class RedisStore(Store):
             return
         # The oldest first, a few at a time: while they are all streaming, the
         # bound waits for their answers to end, at a later prompt.
-        keys = [self.key(name) for name in ("convs", "chars", "chars-total", "streaming-turn")]
+        keys = [self.key(name) for name in ("convs", "chars", "chars-total", "undone-turns")]
         limits = [config.max_conversations, config.max_kept_chars, BOUND_CANDIDATES]
         prefixes = [self.key("conv", ""), self.key("stream", "")]
         await self._make_room_script(
@@ -674,7 +678,7 @@ class RedisStore(Store):
         another prompt forgot it first)."""
         keys = [
             self.key("conv", cid.decode()), self.key("convs"), self.key("chars"),
-            self.key("chars-total"), self.key("streaming-turn"),
+            self.key("chars-total"), self.key("undone-turns"),
         ]  # fmt: skip
         return int(await self._forget_script(keys=keys, args=[cid]))
 

@@ -526,18 +526,15 @@ def test_making_room_skips_streaming_conversations_and_forgets_no_more_than_it_m
 
 async def test_a_prompt_never_opened_does_not_hold_back_the_bound(start_app, monkeypatch):
     # Prompts whose page went away before opening the stream: once --uid-ttl has
-    # passed their answers can never stream (the page says "never opened"). They
-    # must not count as streaming for the bound: in memory the sweep ends them;
-    # on Redis their JSON keeps an undone turn, so they stay in the `streaming`
-    # set and MAKE_ROOM skips them until --conversation-ttl. With as many of them
-    # at the oldest end as a call looks at (BOUND_CANDIDATES, 20; 2 here), the
-    # bound stops working for every later conversation.
-    import redis_store
-
-    monkeypatch.setattr(redis_store, "BOUND_CANDIDATES", 2)
+    # passed, their answers can never stream, and their conversations may be
+    # forgotten like any other, though their JSON on Redis still has a turn not
+    # done. With as many of them at the oldest end as making room looks at (2
+    # here), the bound would otherwise stop working for every later conversation.
+    monkeypatch.setattr("redis_store.BOUND_CANDIDATES", 2)
     monkeypatch.setattr("conversations.MAKE_ROOM_LOOKS", 2)
-    client = await start_app(provider=ScriptedProvider([Answer("ok")]), max_conversations=3,
-                             uid_ttl=0.2)
+    client = await start_app(
+        provider=ScriptedProvider([Answer("ok")]), max_conversations=3, uid_ttl=0.2
+    )
     abandoned = []
     for prompt in ("left one", "left two"):
         response = await ask(client, prompt)
