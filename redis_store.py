@@ -123,6 +123,9 @@ LOG_BATCH_S = 0.002
 RETRY_S = 1.0  # how often frames that could not be written are tried again
 UID_CHARS = 33  # "u" and 128 random bits in hex (server.Store.new_uid)
 BOUND_CANDIDATES = 20  # conversations looked at, at most, to come back within the bounds
+#: What the bounds on conversations count, one key each (MAKE_ROOM's KEYS, in order):
+#: the conversations by last use, their characters, their total, their turns not done.
+BOUND_KEYS = ("convs", "chars", "chars-total", "undone-turns")
 RETRIES = 10  # a transaction retried this often when another worker changed its key
 
 
@@ -431,7 +434,8 @@ class RedisStore(Store):
             return None
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(self.key("convs"), {cid: time.time()})
-        pipe.pexpire(self.key("convs"), ms(self.config.conversation_ttl))
+        for name in BOUND_KEYS:  # kept as long as the conversation: the bounds count them
+            pipe.pexpire(self.key(name), ms(self.config.conversation_ttl))
         await pipe.execute()
         conversation = conversation_from_json(raw)
         for turn in conversation.turns:
@@ -616,8 +620,8 @@ class RedisStore(Store):
             pipe.hset(self.key("undone-turns"), cid, undone[-1])
         else:
             pipe.hdel(self.key("undone-turns"), cid)
-        for key in ("convs", "chars", "chars-total", "undone-turns"):
-            pipe.pexpire(self.key(key), ms(self.config.conversation_ttl))
+        for name in BOUND_KEYS:
+            pipe.pexpire(self.key(name), ms(self.config.conversation_ttl))
 
     async def _let_go_of_unopened_turns(
         self, pipe: Any, conversation: Conversation
@@ -666,7 +670,7 @@ class RedisStore(Store):
             return
         # The oldest first, a few at a time: while they are all streaming, the
         # bound waits for their answers to end, at a later prompt.
-        keys = [self.key(name) for name in ("convs", "chars", "chars-total", "undone-turns")]
+        keys = [self.key(name) for name in BOUND_KEYS]
         limits = [config.max_conversations, config.max_kept_chars, BOUND_CANDIDATES]
         prefixes = [self.key("conv", ""), self.key("stream", "")]
         await self._make_room_script(

@@ -254,3 +254,24 @@ async def test_a_page_from_a_worker_that_follows_the_stream_replays_it_whole(sta
     assert answer_of(events) == "Early words. Late words."
     produced.close()
     followed.close()
+
+
+async def test_a_conversation_only_read_keeps_the_counts_of_the_bounds(
+    start_app, redis_server, redis_config
+):
+    """Reading a conversation (its page) keeps it as long as a prompt would, and with
+    it what the bounds count: its characters, everyone's, its turn not done."""
+    client = await start_app(conversation_ttl=1.0, **redis_config)
+    posted = await client.post("/process_prompt", data={"prompt": "Remember me"})
+    cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    await (
+        await client.get("/response-stream", params={"uid": uid_from_snippet(await posted.text())})
+    ).text()
+    prefix = redis_config["redis_prefix"]
+    counted = {f"{prefix}:chars", f"{prefix}:chars-total"}
+
+    for _ in range(6):  # 1.8 s of reading, well past the 1 s it is kept unread
+        await asyncio.sleep(0.3)
+        assert (await client.get(f"/c/{cid}")).status == 200
+
+    assert counted <= redis_server.keys(prefix).keys()
