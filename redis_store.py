@@ -212,19 +212,28 @@ def request_from_json(raw: bytes) -> ChatRequest:
     return ChatRequest(messages, data["model"], data["temperature"])
 
 
-#: Forgets a conversation (KEYS: its JSON, the conversations' zset, the characters
-#: hash, their total, the undone turns' hash; ARGV: its id) and takes its characters off
-#: the total, in one step, only if this call took it out of the zset: prompts at
-#: the bound at once pick the same oldest conversations, and each took its
-#: characters off again.
-FORGET_CONVERSATION = """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-local chars = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('DECRBY', KEYS[4], chars)
-redis.call('HDEL', KEYS[5], ARGV[1])
-return chars
+#: Lua: forget conversation ``cid`` (its JSON at ``conv``, its entries in the
+#: conversations' zset, the characters hash and the undone turns' hash) and take its
+#: characters off their ``total``: only if this call took it out of the zset, since
+#: prompts at the bound at once pick the same oldest conversations, and each took its
+#: characters off again. Its characters, or false if another call forgot it first.
+FORGET = """
+local function forget(conv, convs, chars, total, undone, cid)
+  if redis.call('ZREM', convs, cid) == 0 then return false end
+  local its = tonumber(redis.call('HGET', chars, cid) or '0')
+  redis.call('DEL', conv)
+  redis.call('HDEL', chars, cid)
+  redis.call('HDEL', undone, cid)
+  redis.call('DECRBY', total, its)
+  return its
+end
+"""
+
+#: Forgets one conversation (KEYS: its JSON, the conversations' zset, the characters
+#: hash, their total, the undone turns' hash; ARGV: its id): how many characters it
+#: had (0 if another prompt forgot it first).
+FORGET_CONVERSATION = FORGET + """
+return forget(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) or 0
 """
 
 #: Past the bounds, forgets the least recently used conversations, never the newest
@@ -238,7 +247,7 @@ return chars
 #: each forget what is past it at their moment, never the same one twice. (Keys are
 #: made here from the prefixes, which is fine on the one Redis server this store
 #: uses.) Returns how many it forgot.
-MAKE_ROOM = """
+MAKE_ROOM = FORGET + """
 local convs, chars, total, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local max_count, max_chars = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now, uid_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -257,13 +266,8 @@ local forgotten = 0
 for _, cid in ipairs(redis.call('ZRANGE', convs, 0, math.min(count - 2, ARGV[3] - 1))) do
   if count <= max_count and kept <= max_chars then break end
   if not may_stream(cid) then
-    local its = tonumber(redis.call('HGET', chars, cid) or '0')
-    redis.call('ZREM', convs, cid)
-    redis.call('DEL', ARGV[4] .. cid)
-    redis.call('HDEL', chars, cid)
-    redis.call('HDEL', undone, cid)
-    redis.call('DECRBY', total, its)
-    count, kept, forgotten = count - 1, kept - its, forgotten + 1
+    local its = forget(ARGV[4] .. cid, convs, chars, total, undone, cid)
+    if its then count, kept, forgotten = count - 1, kept - its, forgotten + 1 end
   end
 end
 return forgotten
