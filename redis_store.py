@@ -217,6 +217,7 @@ def request_from_json(raw: bytes) -> ChatRequest:
 #: characters off their ``total``: only if this call took it out of the zset, since
 #: prompts at the bound at once pick the same oldest conversations, and each took its
 #: characters off again. Its characters, or false if another call forgot it first.
+#: The two scripts below are registered after it.
 FORGET = """
 local function forget(conv, convs, chars, total, undone, cid)
   if redis.call('ZREM', convs, cid) == 0 then return false end
@@ -232,9 +233,7 @@ end
 #: Forgets one conversation (KEYS: its JSON, the conversations' zset, the characters
 #: hash, their total, the undone turns' hash; ARGV: its id): how many characters it
 #: had (0 if another prompt forgot it first).
-FORGET_CONVERSATION = FORGET + """
-return forget(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) or 0
-"""
+FORGET_CONVERSATION = "return forget(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) or 0"
 
 #: Past the bounds, forgets the least recently used conversations, never the newest
 #: nor one whose answer may still stream (its undone turn's stream is producing,
@@ -247,7 +246,7 @@ return forget(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) or 0
 #: each forget what is past it at their moment, never the same one twice. (Keys are
 #: made here from the prefixes, which is fine on the one Redis server this store
 #: uses.) Returns how many it forgot.
-MAKE_ROOM = FORGET + """
+MAKE_ROOM = """
 local convs, chars, total, undone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local max_count, max_chars = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now, uid_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -349,8 +348,8 @@ class RedisStore(Store):
         self.prefix = config.redis_prefix
         self.worker = secrets.token_hex(6)
         self.redis = connect(self.url)
-        self._forget_script = self.redis.register_script(FORGET_CONVERSATION)
-        self._make_room_script = self.redis.register_script(MAKE_ROOM)
+        self._forget_script = self.redis.register_script(FORGET + FORGET_CONVERSATION)
+        self._make_room_script = self.redis.register_script(FORGET + MAKE_ROOM)
         # The heartbeat's own connection: however busy the pool, it is never late
         # (a worker whose heartbeat stops is taken for dead, and its answers ended).
         self.beat = connect(self.url, pool_size=1)
