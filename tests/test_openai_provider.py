@@ -191,6 +191,21 @@ async def test_a_finished_stream_leaves_its_connection_for_the_next_prompt(
     assert first.peer == second.peer
 
 
+async def test_after_done_a_body_that_does_not_end_is_dropped_not_waited_for(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """The end of the body is waited for BODY_END_WAIT_S at most (a connection read
+    to its end goes back to the pool); a server that holds it gets its connection
+    closed, and the answer is not held up."""
+    provider = make_provider(fake_upstream, client_session)
+    fake_upstream.reply([chunk(content="ok", finish_reason="stop"), DONE], stall=10)
+    started = time.monotonic()
+    result = await collect(provider)
+    assert (result.failure, result.answer) == (None, "ok")
+    assert time.monotonic() - started < 2
+    await fake_upstream.wait_disconnected(within=2)  # closed, not kept for the next prompt
+
+
 class RawModelServer:
     """A model server on 127.0.0.1 written on bare sockets, for what aiohttp's server
     would not do; ``async with`` gives its base URL. Subclasses serve a connection."""
