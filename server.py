@@ -101,6 +101,7 @@ from providers.demo import DemoProvider
 from providers.events import (
     Answer,
     ChatRequest,
+    Connected,
     Failure,
     Finished,
     Provider,
@@ -303,6 +304,7 @@ class Stream:
         self.closed = False  # the log ends with `close`
         self.ended_at: float | None = None  # when `close` was appended
         self.producer: asyncio.Task[None] | None = None
+        self.hang_up: Callable[[], None] | None = None  # Connected.hang_up, while it generates
         self.listeners = 0
         self.caught_up: list[Listener] = []  # listeners waiting for the next frame
         self.stop_reason: str | None = None  # set when we end the generation on purpose
@@ -647,6 +649,11 @@ class Store:
     def _give_up(self, stream: Stream) -> None:
         stream.timer = None
         if stream.listeners == 0:
+            if stream.hang_up is not None:
+                # The model server stops now: the producer's `finally` would
+                # drop its connection only when the producer's turn comes, after
+                # every stream that left at the same moment has been cleaned up.
+                stream.hang_up()
             if stream.producer is not None:
                 stream.producer.cancel()  # its `finally` releases the upstream request
             self._forget(stream)
@@ -1006,6 +1013,8 @@ class Relay:
             case Status(text):
                 self.thought.discard()  # the status is newer than any pending reasoning
                 self.show_thought(text)
+            case Connected(hang_up):
+                self.stream.hang_up = hang_up  # for Store._give_up
             case Undecided(text) if text:
                 self._show_undecided(text)
             case Reasoning(text, sent_at) if text:
@@ -1187,6 +1196,7 @@ async def produce(app: web.Application, stream: Stream) -> None:
         outcome = "crashed"
         await fail(CRASHED)
     finally:
+        stream.hang_up = None  # the provider is closed: nothing of it is left to drop
         relay.discard()
         ended_well = outcome in ("done", STOPPED, CAPPED)
         error = relay.error or (None if ended_well else LEFT_UNFINISHED)

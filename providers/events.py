@@ -10,6 +10,8 @@ The contract of ``Provider.stream(request)``, where ``request`` is a
 
 - it yields any number of ``Status``, ``Undecided``, ``Reasoning``, ``Answer``
   and ``Usage`` events, in the order the model produced them;
+- it may yield one ``Connected`` when the model server has taken the request
+  on a connection of its own (providers that talk to none never do);
 - it may yield one ``Finished`` with the model's stop reason;
 - it ends after a ``Failure`` (the message is shown to the person as it is,
   so it must be short, readable and free of secrets);
@@ -21,7 +23,7 @@ The contract of ``Provider.stream(request)``, where ``request`` is a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +33,22 @@ class Status:
     """A short line about progress ("Connecting to qwen3…"), not model output."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The model server is generating, on a connection this stream holds.
+
+    ``hang_up()`` drops that connection at once, from outside the generator:
+    the server calls it when the person left, so that the model stops before
+    the generator's turn to be closed comes (when a thousand browsers leave at
+    once, that turn comes after a thousand streams' clean-up). ``aclose()``
+    still follows and releases everything. It may be called at any moment and
+    more than once; a connection the stream no longer holds (its answer read
+    to the end, back in the pool for the next prompt) is never touched.
+    """
+
+    hang_up: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +117,7 @@ class Failure:
     hint: str | None = None
 
 
-ProviderEvent = Status | Undecided | Reasoning | Answer | Usage | Finished | Failure
+ProviderEvent = Status | Connected | Undecided | Reasoning | Answer | Usage | Finished | Failure
 
 
 @dataclass(frozen=True, slots=True)

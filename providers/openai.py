@@ -55,7 +55,8 @@ for silence between two reads (any bytes, comments included, count as life).
 Leaving early: closing the generator (``aclose()``), or cancelling the task that
 iterates it, closes the upstream response before it returns. A half-read
 response is closed, not drained, so the connection drops and the model server
-stops generating.
+stops generating. ``Connected.hang_up`` drops it sooner: it shuts the socket
+at once, before the generator's turn to be closed comes.
 
 Connections are kept alive and reused: a prompt to a hosted API skips a TLS
 handshake, and one to a local server a new connection. A finished stream
@@ -71,12 +72,15 @@ connection's drop is final (see ``_send``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import enum
+import functools
 import json
 import math
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -91,6 +95,7 @@ from yarl import URL
 
 from providers.events import (
     ChatRequest,
+    Connected,
     Failure,
     Finished,
     ProviderEvent,
@@ -301,6 +306,7 @@ class OpenAIProvider:
             if problem is not None:
                 yield Failure(*problem)
                 return
+            yield Connected(hang_up=functools.partial(_hang_up, response))
             yield Status(WAITING_STATUS)
             translator = _Translator(self._settings)
             chunks = response.content.iter_any()
@@ -647,6 +653,21 @@ async def _read_to_end(response: aiohttp.ClientResponse) -> None:
                 pass
     except (TimeoutError, aiohttp.ClientError, OSError):
         pass
+
+
+def _hang_up(response: aiohttp.ClientResponse) -> None:
+    """``Connected.hang_up``: shut the socket of the connection ``response`` still
+    holds, so that the model server sees the request end now. (The transport
+    stays open until ``response.close()``; its next read finds the end.) Once
+    the response has let go of its connection (read to the end, the connection
+    is back in the pool and may carry another prompt), ``response.connection``
+    is None and nothing is touched."""
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already shut or closed by the other end
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Problem(NamedTuple):

@@ -28,7 +28,17 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from providers.events import Answer, ChatRequest, Failure, Message, Reasoning, Status, Usage
+from providers.events import (
+    Answer,
+    ChatRequest,
+    Connected,
+    Failure,
+    Finished,
+    Message,
+    Reasoning,
+    Status,
+    Usage,
+)
 from providers.openai import (
     BROKEN,
     INTERRUPTED,
@@ -189,6 +199,46 @@ async def test_a_finished_stream_leaves_its_connection_for_the_next_prompt(
     first, second = fake_upstream.requests
     assert "Connection" not in first.headers
     assert first.peer == second.peer
+
+
+async def test_hang_up_drops_the_connection_before_the_stream_is_closed(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """``Connected.hang_up`` ends the request at the model server at once, from
+    outside the generator, which is still open; closing it later is as before."""
+    provider = make_provider(fake_upstream, client_session)
+    fake_upstream.reply([chunk(content="Thinking")], stall=30)
+    stream = provider.stream(chat("Hello?"))
+    connected = (await events_until(stream, Connected))[-1]
+    await events_until(stream, Answer)
+
+    connected.hang_up()
+    await fake_upstream.wait_disconnected(within=2)  # the generator was not closed
+    connected.hang_up()  # twice is harmless
+    await stream.aclose()
+
+
+async def test_a_hang_up_after_the_answer_leaves_the_pooled_connection_alone(
+    fake_upstream: FakeUpstream, client_session: aiohttp.ClientSession
+) -> None:
+    """A finished stream's connection is back in the pool and carries the next
+    prompt: the first stream's hang-up, called late, must not drop it."""
+    provider = make_provider(fake_upstream, client_session)
+    fake_upstream.reply([chunk(content="first", finish_reason="stop"), DONE])
+    fake_upstream.reply([chunk(content="sec"), Pause(0.3), chunk(content="ond"), DONE])
+    first = provider.stream(chat("Hello?"))
+    connected = (await events_until(first, Connected))[-1]
+    assert [event async for event in first][-1] == Finished("stop")
+
+    second = provider.stream(chat("Hello again?"))
+    await events_until(second, Connected)  # the connection carries this request now
+    connected.hang_up()
+    rest = [event async for event in second]
+
+    assert "".join(event.text for event in rest if isinstance(event, Answer)) == "second"
+    assert not any(isinstance(event, Failure) for event in rest)
+    assert fake_upstream.requests[0].peer == fake_upstream.requests[1].peer
+    assert fake_upstream.gone_at is None
 
 
 async def test_after_done_a_body_that_does_not_end_is_dropped_not_waited_for(
@@ -387,7 +437,7 @@ async def test_openai(run: Run, split: str) -> None:
     assert_success(result, "", "Hello, world!")
     assert result.usage == Usage(prompt_tokens=9, completion_tokens=4)
     kinds = [type(event).__name__ for event in result.events]
-    assert kinds[:2] == ["Status", "Status"]
+    assert kinds[:3] == ["Status", "Connected", "Status"]
     assert kinds[-2:] == ["Usage", "Finished"]
 
 
