@@ -235,6 +235,19 @@ end
 #: had (0 if another prompt forgot it first).
 FORGET_CONVERSATION = "return forget(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) or 0"
 
+#: Counts a listener of stream ARGV[1] in or out (ARGV[2]: +1 or -1) on every
+#: worker's count (KEYS[1], the stream's hash; given an expiry if it had none: a
+#: count made for a stream that was gone is new) and on this worker's own
+#: (KEYS[2], which the others take back if it dies); ARGV[3]: their time to live,
+#: in ms. Returns how many listen now, on every worker.
+LISTENED = """
+local left = redis.call('HINCRBY', KEYS[1], 'listeners', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3], 'NX')
+redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return left
+"""
+
 #: Past the bounds, forgets the least recently used conversations, never the newest
 #: nor one whose answer may still stream (its undone turn's stream is producing,
 #: kept for a resume, or waiting to be opened within --uid-ttl, as
@@ -350,6 +363,7 @@ class RedisStore(Store):
         self.redis = connect(self.url)
         self._forget_script = self.redis.register_script(FORGET + FORGET_CONVERSATION)
         self._make_room_script = self.redis.register_script(FORGET + MAKE_ROOM)
+        self.listeners = ListenerCounts(self)
         # The heartbeat's own connection: however busy the pool, it is never late
         # (a worker whose heartbeat stops is taken for dead, and its answers ended).
         self.beat = connect(self.url, pool_size=1)
@@ -887,19 +901,9 @@ class RedisStore(Store):
         pipe.pexpire(mine, ms(self.live_ttl()))
 
     async def _listened(self, uid: str, change: int) -> int:
-        """Count a listener in or out on every worker's count; how many are left."""
-        key, mine = self.key("stream", uid), self.key("listening", self.worker)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, "listeners", change)
-        pipe.pexpire(key, ms(self.live_ttl()), nx=True)  # if it was gone, it is new: it expires
-        # This worker's own count, for the others to take back if it dies.
-        pipe.hincrby(mine, uid, change)
-        pipe.pexpire(mine, ms(self.live_ttl()))
-        try:
-            left, *_ = await pipe.execute()
-            return int(left)
-        except (RedisError, OSError):
-            return 0
+        """Count a listener in or out on every worker's count; how many are left
+        (0 if Redis cannot say)."""
+        return await self.listeners.change(uid, change)
 
     async def detach(self, stream: Stream) -> None:
         # This worker's count at once; every worker's in Redis, shielded: a handler
@@ -1109,6 +1113,62 @@ class RedisStore(Store):
 
 
 # --- writing and reading the logs ---------------------------------------------------------
+
+
+class ListenerCounts:
+    """Listeners counted in and out on Redis, all the changes made at one moment in
+    one round trip.
+
+    When a thousand browsers leave at once, a transaction each through the pool
+    of ``POOL_SIZE`` connections took about a second for the last (the model kept
+    generating for nobody that long). Here the first change starts a flush on the
+    next turn of the event loop; it sends every change made by then as one
+    pipeline of ``LISTENED`` scripts, in the order they were made, and the changes
+    made while it is out go in the next one. One at a time alone, a change waits
+    only for that turn.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._queued: list[tuple[str, int, asyncio.Future[int]]] = []
+        self._flushing = False
+
+    async def change(self, uid: str, change: int) -> int:
+        """Count a listener of ``uid`` in (1) or out (-1); how many listen now, on
+        every worker (0 if Redis cannot say)."""
+        counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((uid, change, counted))
+        if not self._flushing:
+            self._flushing = True
+            self.store.background(self._flush())
+        return await counted
+
+    async def _flush(self) -> None:
+        store, batch = self.store, []
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                mine = store.key("listening", store.worker)
+                ttl = ms(store.live_ttl())
+                counts: list[Any] = [0] * len(batch)
+                try:
+                    pipe = store.redis.pipeline(transaction=False)
+                    for uid, change, _ in batch:
+                        # EVAL, not EVALSHA: Redis keeps the script compiled, and a
+                        # Redis restarted meanwhile needs no SCRIPT LOAD first.
+                        pipe.eval(LISTENED, 2, store.key("stream", uid), mine, uid, change, ttl)
+                    counts = await pipe.execute(raise_on_error=False)
+                except (RedisError, OSError):
+                    pass
+                for (_, _, counted), left in zip(batch, counts, strict=True):
+                    if not counted.done():
+                        counted.set_result(left if isinstance(left, int) else 0)
+        finally:
+            self._flushing = False
+            for _, _, counted in [*batch, *self._queued]:  # cancelled at shutdown: none waits
+                if not counted.done():
+                    counted.set_result(0)
+            self._queued = []
 
 
 class LogWriter:

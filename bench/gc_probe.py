@@ -40,6 +40,7 @@ from pathlib import Path
 
 CENSUS_TYPES = 15
 CENSUS_LINES = 20
+CENSUS_TIMERS = 8
 _started = [0.0]
 _counts = [0, 0, 0]
 _seconds = [0.0, 0.0, 0.0]
@@ -76,6 +77,12 @@ def _census(signum: int, frame: object) -> None:
         "top_types": types.most_common(CENSUS_TYPES),
         "loop_timers": len(timers),
         "loop_timers_cancelled": sum(timer.cancelled() for timer in timers),
+        # What the live timers will call: which parts of the app keep a timer per stream.
+        "timer_callbacks": collections.Counter(
+            getattr(timer._callback, "__qualname__", repr(timer._callback))
+            for timer in timers
+            if not timer.cancelled()
+        ).most_common(CENSUS_TIMERS),
     }
     del objects
     if tracemalloc.is_tracing():

@@ -15,7 +15,7 @@ import pytest
 
 from providers.events import Answer, Reasoning
 from redis_store import STORE_UNREACHABLE
-from server import MINE_STREAMING, RETRY_FIELD, STOPPED_BY_SERVER, STORE_LOST_REASON
+from server import MINE_STREAMING, RETRY_FIELD, STOPPED_BY_SERVER, STORE, STORE_LOST_REASON
 from tests.conftest import Hang, Pause, ScriptedProvider, post_prompt
 from tests.redis_server import PASSWORD
 from tests.snippet import uid_from_snippet
@@ -118,6 +118,56 @@ async def test_the_grace_period_counts_listeners_on_every_worker(start_workers):
 
     second.close()  # now nobody listens anywhere
     await asyncio.wait_for(provider.closed.wait(), timeout=3)
+
+
+async def test_listeners_leaving_at_once_are_each_counted_out(start_workers):
+    """Forty browsers leave at the same moment: their count-outs go to Redis
+    together (``ListenerCounts``), and each must come off its own stream's count:
+    the streams that another browser still reads go on, the others are let go."""
+    generating: set[str] = set()
+
+    class Streams(ScriptedProvider):
+        async def stream(self, request):
+            generating.add(request.prompt)
+            try:
+                async for event in super().stream(request):
+                    yield event
+            finally:
+                generating.discard(request.prompt)
+
+    (app,) = await start_workers(count=1, provider=Streams([Answer("a"), Hang()]), grace_period=0)
+    prompts = [f"prompt {n}" for n in range(40)]
+    uids = [await post_prompt(app, prompt) for prompt in prompts]
+    leaving, staying = [], []
+    for n, uid in enumerate(uids):
+        leaving.append(await app.get("/response-stream", params={"uid": uid}))
+        seen = await read_events(leaving[-1], 2)  # thought, answer_chunk
+        if n % 2 == 0:  # a second tab on the same answer
+            headers = {"Last-Event-ID": seen[-1].id}
+            staying.append(await app.get("/response-stream", params={"uid": uid}, headers=headers))
+    store = app.app[STORE]
+
+    async def counts() -> list[int]:
+        keys = [store.key("stream", uid) for uid in uids]
+        found = await asyncio.gather(*(store.redis.hget(key, "listeners") for key in keys))
+        return [int(count or 0) for count in found]
+
+    async def counted(expected: list[int]) -> bool:
+        return await counts() == expected
+
+    await eventually(lambda: counted([2, 1] * 20))  # (a claim counts in after its headers)
+
+    for browser in leaving:
+        browser.close()
+    await eventually(lambda: generating == set(prompts[::2]))
+    assert await counts() == [1, 0] * 20
+
+    for browser in staying:
+        browser.close()
+    await eventually(lambda: not generating)
+    assert await counts() == [0] * 40
+    mine = await store.redis.hgetall(store.key("listening", store.worker))
+    assert {int(count) for count in mine.values()} <= {0}
 
 
 async def test_the_rate_limit_counts_prompts_on_every_worker(start_workers):
