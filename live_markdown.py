@@ -199,9 +199,12 @@ _UNFINISHED_TAIL = re.compile(r"(?:&#?\w*|\\|[*_`~!\[]+)$")
 #: Text with none of the characters where an inline rule of ours can start
 #: (``PLAIN_TEXT_RULES``: escapes, code spans, emphasis, links and images,
 #: autolinks and entities; markdown-it's text rule also stops at characters such
-#: as "@", "$" or "~" for rules we do not enable): as HTML, it is itself with
-#: ">" and '"' escaped, which is all markdown-it would do to it.
-_PLAIN_TEXT = re.compile(r"[^\n!&*<\[\\\]_`]*")
+#: as "@", "$" or "~" for rules we do not enable), but for "&" and "<": they
+#: start something only as ``_MAY_START`` says (raw HTML stays text here).
+_PLAIN_TEXT = re.compile(r"[^\n!*\[\\\]_`]*")
+#: "&" before "#" or a name and ";" (an entity, "&amp;"), or "<…>" with ":" or
+#: "@" in it (an autolink, "<https://…>" or "<a@b.c>"). More than those, never less.
+_MAY_START = re.compile(r"&(?:#|[A-Za-z][A-Za-z0-9]*;)|<[^<>]*[:@][^<>]*>")
 #: The inline rules ``_PLAIN_TEXT`` is drawn for (tests/test_live_markdown.py
 #: checks that make_markdown() enables exactly these).
 PLAIN_TEXT_RULES = ("text", "newline", "escape", "backticks", "emphasis", "link", "image",
@@ -367,6 +370,10 @@ class LiveMarkdown:
 
     def _render(self, tokens: Sequence[Token]) -> str:
         """HTML from block tokens (``_blocks_md``'s): their inline text parsed, then rendered."""
+        if len(tokens) == 3 and tokens[0].type == "paragraph_open":  # one line of words?
+            text = plain_html(tokens[1].content)
+            if text is not None:
+                return f"<p>{text}</p>\n"
         state = StateCore("", self._md, self._env)
         state.tokens = list(tokens)
         inline(state)  # the inline text of each block, as MarkdownIt.parse() would
@@ -412,9 +419,8 @@ class LiveMarkdown:
         text = line[start:end]
         if start == 0:
             text = text.lstrip()
-        if _PLAIN_TEXT.fullmatch(text):  # words and punctuation: nothing to parse
-            rendered = text.replace(">", "&gt;").replace('"', "&quot;")  # as markdown-it would
-        else:
+        rendered = plain_html(text)
+        if rendered is None:
             rendered = self._md.renderInline(text, self._env)
         if start == 0 and self._kind == "paragraph" and self._lines and self._lines[-1].strip():
             # The next line of the open paragraph: after a soft (or a hard) line break.
@@ -590,6 +596,18 @@ class LiveMarkdown:
                         selector = f"#{self._answer} > :last-child" + " > :last-child" * depth
                         return f'<div hx-swap-oob="beforeend:{selector}">{added}</div>', ""
         return with_attribute(now, f'hx-swap-oob="outerHTML:#{self._answer} > :last-child"'), ""
+
+
+def plain_html(text: str) -> str | None:
+    """``text`` as markdown-it renders it inline, when nothing in it is Markdown
+    (``_PLAIN_TEXT``, ``_MAY_START``): the text, escaped as markdown-it escapes
+    it. None for text that needs markdown-it. (Words and punctuation are most of
+    an answer, and markdown-it takes some 10 µs even for a few of them.)"""
+    if not _PLAIN_TEXT.fullmatch(text) or _MAY_START.search(text):
+        return None
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
 
 
 def shown_end(line: str, start: int) -> int:

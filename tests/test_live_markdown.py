@@ -15,6 +15,7 @@ from live_markdown import (
     PLAIN_TEXT_RULES,
     LiveMarkdown,
     make_markdown,
+    plain_html,
 )
 from providers.events import Answer
 from tests.answer_dom import AnswerModel, Element, normalized, parse
@@ -89,6 +90,45 @@ def test_plain_text_is_shown_as_markdown_it_would_render_it():
             assert live.feed(line + " ") == MARKDOWN.render(line), repr(line)
             shown += 1
     assert shown > 500
+
+
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        ("AT&T & co", "AT&amp;T &amp; co"),
+        ("x < y > z", "x &lt; y &gt; z"),
+        ("0@7 <i>&'", "0@7 &lt;i&gt;&amp;'"),
+        ('say "hi"', "say &quot;hi&quot;"),
+        ("&amp;", None),  # an entity
+        ("&#65;", None),
+        ("<https://example.com>", None),  # autolinks
+        ("<a@b.c>", None),
+        ("*em*", None),
+    ],
+)
+def test_words_without_markdown_skip_markdown_it(text, html):
+    assert plain_html(text) == html
+    if html is not None:
+        assert MARKDOWN.renderInline(text) == html
+        assert MARKDOWN.render(text) == f"<p>{html}</p>\n"
+
+
+def test_plain_html_is_markdown_its_html_whenever_it_gives_some():
+    """Random text rich in the characters that may start something ("&", "<",
+    ":", "@", "#", ";"): what ``plain_html`` gives is what markdown-it renders,
+    inline and as a one-line paragraph."""
+    rng = random.Random(11)
+    characters = "&<>:@#;/.\"' ax1_*`[]!" + "aAz09 "
+    given = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(characters) for _ in range(rng.randint(1, 12)))
+        html = plain_html(text)
+        if html is not None:
+            assert html == MARKDOWN.renderInline(text), repr(text)
+            if text.strip() == text and text[0] not in "#>-+=0123456789|":
+                assert MARKDOWN.render(text) == f"<p>{html}</p>\n", repr(text)
+            given += 1
+    assert given > 1000
 
 
 @pytest.mark.parametrize("seed", range(4))
