@@ -763,12 +763,13 @@ class RedisStore(Store):
             stream, _ = claiming.result()
             self.background(self.detach(stream))
 
-    def background(self, work: Coroutine[Any, Any, None]) -> None:
+    def background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` on its own: kept referenced until done (the loop keeps only
         weak references to tasks)."""
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def _claim_anywhere(
         self,
@@ -1131,16 +1132,18 @@ class ListenerCounts:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self._queued: list[tuple[str, int, asyncio.Future[int]]] = []
-        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None  # the last flush started
 
     async def change(self, uid: str, change: int) -> int:
         """Count a listener of ``uid`` in (1) or out (-1); how many listen now, on
         every worker (0 if Redis cannot say)."""
         counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queued.append((uid, change, counted))
-        if not self._flushing:
-            self._flushing = True
-            self.store.background(self._flush())
+        # A flush that is out takes this change in its next round; one that is done
+        # (even cancelled before it began: then it took nothing) takes none.
+        if self._flusher is None or self._flusher.done():
+            self._flusher = self.store.background(self._flush())
+            self._flusher.add_done_callback(self._flushed)
         return await counted
 
     async def _flush(self) -> None:
@@ -1160,15 +1163,25 @@ class ListenerCounts:
                     counts = await pipe.execute(raise_on_error=False)
                 except (RedisError, OSError):
                     pass
+                except Exception:  # a bug: as if Redis were away, for this batch only
+                    log.exception("counting %d listeners in and out failed", len(batch))
                 for (_, _, counted), left in zip(batch, counts, strict=True):
                     if not counted.done():
                         counted.set_result(left if isinstance(left, int) else 0)
         finally:
-            self._flushing = False
-            for _, _, counted in [*batch, *self._queued]:  # cancelled at shutdown: none waits
+            for _, _, counted in batch:  # cancelled while out (at shutdown): none waits
                 if not counted.done():
                     counted.set_result(0)
-            self._queued = []
+
+    def _flushed(self, flusher: asyncio.Task[None]) -> None:
+        """A flush that ends well leaves nothing queued. One cancelled (at shutdown;
+        even before it began, when not even its ``finally`` ran) or failed leaves the
+        changes made meanwhile: none waits for them, unless a newer flush took them."""
+        if flusher is self._flusher and self._queued:
+            queued, self._queued = self._queued, []
+            for _, _, counted in queued:
+                if not counted.done():
+                    counted.set_result(0)
 
 
 class LogWriter:

@@ -170,6 +170,57 @@ async def test_listeners_leaving_at_once_are_each_counted_out(start_workers):
     assert {int(count) for count in mine.values()} <= {0}
 
 
+async def test_a_count_whose_flush_was_cancelled_before_it_began_waits_for_nothing(
+    start_workers,
+):
+    """A task cancelled before its first step runs none of its coroutine, not even its
+    ``finally``: the listener count it was to send must still be answered (0: Redis
+    cannot say), and the counts made after it must still go out."""
+    (app,) = await start_workers(count=1)
+    store = app.app[STORE]
+    before = set(store.tasks)
+    counting = asyncio.ensure_future(store.listeners.change("a" * 16, 1))
+    await asyncio.sleep(0)  # queued, and its flush made, which has not begun yet
+    (flush,) = store.tasks - before
+    flush.cancel()
+
+    assert await asyncio.wait_for(counting, timeout=2) == 0
+    assert await asyncio.wait_for(store.listeners.change("b" * 16, 1), timeout=2) == 1
+
+
+async def test_a_flush_that_fails_unexpectedly_loses_no_count_made_meanwhile(
+    start_workers, monkeypatch, caplog
+):
+    """A flush that fails with something Redis did not raise (a bug) says so in the
+    log; its own counts are answered 0 as if Redis were away, and those made while
+    it was out still reach Redis."""
+    (app,) = await start_workers(count=1)
+    store = app.app[STORE]
+    pipeline, made = store.redis.pipeline, []
+
+    def failing_once(**options):
+        pipe = pipeline(**options)
+        made.append(pipe)
+        if len(made) == 1:
+
+            async def execute(**_):
+                await asyncio.sleep(0.1)  # out a while: the next count waits for it
+                raise RuntimeError("a bug")
+
+            pipe.execute = execute
+        return pipe
+
+    monkeypatch.setattr(store.redis, "pipeline", failing_once)
+    first = asyncio.ensure_future(store.listeners.change("c" * 16, 1))
+    await asyncio.sleep(0.05)
+    meanwhile = asyncio.ensure_future(store.listeners.change("d" * 16, 1))
+
+    assert await asyncio.wait_for(first, timeout=2) == 0
+    assert await asyncio.wait_for(meanwhile, timeout=2) == 1
+    assert await store.redis.hget(store.key("stream", "d" * 16), "listeners") == b"1"
+    assert "a bug" in caplog.text
+
+
 async def test_the_rate_limit_counts_prompts_on_every_worker(start_workers):
     a, b = await start_workers(prompts_per_minute=3)
     for client in (a, b, a):
