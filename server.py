@@ -649,14 +649,16 @@ class Store:
     def _give_up(self, stream: Stream) -> None:
         stream.timer = None
         if stream.listeners == 0:
+            self._forget(stream)
+            if stream.producer is not None:
+                stream.producer.cancel()  # its `finally` releases the upstream request
             if stream.hang_up is not None:
                 # The model server stops now: the producer's `finally` would
                 # drop its connection only when the producer's turn comes, after
                 # every stream that left at the same moment has been cleaned up.
+                # (Cancelled first: its next step is the cancellation, even if
+                # the hang-up's end of stream arrives before it.)
                 stream.hang_up()
-            if stream.producer is not None:
-                stream.producer.cancel()  # its `finally` releases the upstream request
-            self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
         if self._streams.get(stream.uid) is stream:

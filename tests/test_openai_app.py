@@ -151,6 +151,31 @@ async def test_browser_leaving_releases_the_upstream_request(start_app, fake_ups
     assert released - left < 1.0
 
 
+async def test_browsers_leaving_at_once_are_each_let_go_as_abandoned(
+    start_app, fake_upstream, caplog
+):
+    """The store hangs up on each model server connection as its browser leaves,
+    then cancels the producer: every generation ends as abandoned, none as a
+    stream the model server broke off."""
+    caplog.set_level(logging.INFO, logger="stream")
+    for _ in range(10):
+        fake_upstream.reply([chunk(content="Thinking hard")], stall=30)
+    client = await start_openai(start_app, fake_upstream, {"grace_period": 0})
+    browsers = []
+    for _ in range(10):
+        uid = await post_prompt(client)
+        browsers.append(await client.get("/response-stream", params={"uid": uid}))
+        await browsers[-1].content.readuntil(b"data: Thinking hard\n\n")
+
+    for browser in browsers:
+        browser.close()
+    for _ in range(200):  # bounded: 2 s
+        if caplog.text.count("outcome=") == 10:
+            break
+        await asyncio.sleep(0.01)
+    assert caplog.text.count("outcome=abandoned") == 10, caplog.text
+
+
 async def test_model_is_discovered_when_the_server_serves_one(start_app, fake_upstream):
     fake_upstream.reply(
         b'{"object": "list", "data": [{"id": "smollm2"}]}', content_type="application/json"
