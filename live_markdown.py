@@ -333,6 +333,8 @@ class LiveMarkdown:
             if not final:
                 self._show_source(source)
             return  # at its end it stays as shown: the final answer renders it once
+        if len(self._lines) == 1 and self._words_alone(source):
+            return
         tokens = self._blocks_md.parse(source, self._env)
         starts = [i for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map]
         if not starts:
@@ -358,6 +360,19 @@ class LiveMarkdown:
             self._table_head = "".join(self._lines[:2])
         elif last.type in ("bullet_list_open", "ordered_list_open") and self._simple_list():
             self._list_marker = last.markup
+
+    def _words_alone(self, line: str) -> bool:
+        """A block's first line that no block can start and with no inline rule in it
+        is a paragraph of its words: made the open block without markdown-it. (A
+        next line goes through markdown-it with it: it may make it a table, say.)"""
+        if line[:1].isspace() or _MAYBE_BLOCK.match(line):
+            return False
+        text = plain_html(line.strip())
+        if not text:
+            return False
+        self._open, self._open_source, self._kind = f"<p>{text}</p>\n", line, "paragraph"
+        self._table_head = self._list_marker = ""
+        return True
 
     def _render_block(self, tokens: Sequence[Token]) -> str:
         """A block of the open lines; one that closes unchanged since it was
