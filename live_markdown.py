@@ -27,14 +27,17 @@ How text becomes blocks:
   every top-level block but the last is finished (text that comes later cannot
   change it), the last is the open block. Code, table rows and the items of a
   simple list take shorter paths that look at the new line only, so a long
-  block costs time in proportion to its length.
+  block costs time in proportion to its length; a block's first line of plain
+  words (no Markdown in it, the most common line) is a paragraph without
+  markdown-it.
 - The line being written is shown at once when it is paragraph text (up to
   where no ``**``, `` ` `` or ``[`` is still open: ``**bo`` waits for its
   ``**``), and inside a code block (escaped as it comes; highlighted when the
   block closes). A line that may be the start of a list, a table or a heading
   waits for its end, a few words.
-- All text is escaped by markdown-it (raw HTML stays text; ``javascript:``
-  links are refused). Markup comes only from markdown-it, Pygments and here.
+- All text is escaped by markdown-it, or as markdown-it escapes it when it has
+  no Markdown in it (``plain_html``; raw HTML stays text; ``javascript:`` links
+  are refused). Markup comes only from markdown-it, Pygments and here.
 
 A block longer than ``LIVE_BLOCK_CHARS`` (other than code, a table or a simple
 list) is shown as its source from then on, and rendered once at the end.
