@@ -20,6 +20,7 @@ from tests.conftest import Hang, Pause, ScriptedProvider, post_prompt
 from tests.redis_server import PASSWORD
 from tests.snippet import uid_from_snippet
 from tests.sse_client import answer_of, parse_stream
+from tests.test_hang_up import provider_that_connects
 from tests.test_resume import PIECES, read_events, slow_answer
 from tests.waiting import eventually
 
@@ -219,6 +220,28 @@ async def test_a_flush_that_fails_unexpectedly_loses_no_count_made_meanwhile(
     assert await asyncio.wait_for(meanwhile, timeout=2) == 1
     assert await store.redis.hget(store.key("stream", "d" * 16), "listeners") == b"1"
     assert "a bug" in caplog.text
+
+
+async def test_the_last_browser_leaving_another_worker_hangs_up_where_the_answer_is_made(
+    start_workers,
+):
+    """Made on A, read on B: when B's browser, the last, leaves, B tells A (a control
+    message, "idle"), and A hangs up before it closes the generation."""
+    provider, calls = provider_that_connects(Answer("Once"), Hang())
+    a, b = await start_workers(provider=provider, grace_period=0)
+    uid = await post_prompt(a)
+    first = await a.get("/response-stream", params={"uid": uid})
+    await first.content.readuntil(b"data: Once\n\n")
+    # The id of the event just read: the answer chunk, after the status thoughts.
+    second = await b.get("/response-stream", params={"uid": uid}, headers={"Last-Event-ID": "1"})
+    await second.content.readuntil(b"data: Once\n\n")
+    first.close()  # A's browser leaves; B's still reads
+    await asyncio.sleep(0.3)
+    assert calls == [] and not provider.closed.is_set()
+
+    second.close()  # the last one
+    await asyncio.wait_for(provider.closed.wait(), timeout=5)
+    assert calls == ["hung up"]
 
 
 async def test_the_rate_limit_counts_prompts_on_every_worker(start_workers):
