@@ -370,10 +370,10 @@ class LiveMarkdown:
         next line goes through markdown-it with it: it may make it a table, say.)"""
         if line[:1].isspace() or _MAYBE_BLOCK.match(line):
             return False
-        text = plain_html(line.strip())
-        if not text:
+        paragraph = plain_paragraph(line.strip())
+        if paragraph is None:
             return False
-        self._open, self._open_source, self._kind = f"<p>{text}</p>\n", line, "paragraph"
+        self._open, self._open_source, self._kind = paragraph, line, "paragraph"
         self._table_head = self._list_marker = ""
         return True
 
@@ -389,9 +389,9 @@ class LiveMarkdown:
     def _render(self, tokens: Sequence[Token]) -> str:
         """HTML from block tokens (``_blocks_md``'s): their inline text parsed, then rendered."""
         if len(tokens) == 3 and tokens[0].type == "paragraph_open":  # one line of words?
-            text = plain_html(tokens[1].content)
-            if text is not None:
-                return f"<p>{text}</p>\n"
+            paragraph = plain_paragraph(tokens[1].content)
+            if paragraph is not None:
+                return paragraph
         state = StateCore("", self._md, self._env)
         state.tokens = list(tokens)
         inline(state)  # the inline text of each block, as MarkdownIt.parse() would
@@ -626,6 +626,12 @@ def plain_html(text: str) -> str | None:
     return (
         text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
     )
+
+
+def plain_paragraph(text: str) -> str | None:
+    """A paragraph of ``text`` as markdown-it renders it, when ``plain_html`` can."""
+    html = plain_html(text)
+    return f"<p>{html}</p>\n" if html else None
 
 
 def shown_end(line: str, start: int) -> int:

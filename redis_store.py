@@ -780,7 +780,7 @@ class RedisStore(Store):
         local = self._streams.get(uid)
         if isinstance(local, LoggedStream):  # produced here: as with one process
             stream, position = await super().claim(uid, last_event_id, start)
-            await self._listened(uid, 1)
+            await self.listeners.change(uid, 1)
             return stream, position
         room = None
         try:
@@ -901,11 +901,6 @@ class RedisStore(Store):
         pipe.hincrby(mine, uid, 1)
         pipe.pexpire(mine, ms(self.live_ttl()))
 
-    async def _listened(self, uid: str, change: int) -> int:
-        """Count a listener in or out on every worker's count; how many are left
-        (0 if Redis cannot say)."""
-        return await self.listeners.change(uid, change)
-
     async def detach(self, stream: Stream) -> None:
         # This worker's count at once; every worker's in Redis, shielded: a handler
         # cancelled (its browser gone) must not leave a listener counted for ever.
@@ -915,7 +910,7 @@ class RedisStore(Store):
         await asyncio.shield(self._detached(stream))
 
     async def _detached(self, stream: Stream) -> None:
-        left = await self._listened(stream.uid, -1)
+        left = await self.listeners.change(stream.uid, -1)
         if isinstance(stream, FollowedStream):
             if left <= 0:  # to its producer: nobody listens now (let it go, even if over)
                 await self.send("idle", stream.uid)
@@ -1153,7 +1148,7 @@ class ListenerCounts:
                 batch, self._queued = self._queued, []
                 mine = store.key("listening", store.worker)
                 ttl = ms(store.live_ttl())
-                counts: list[Any] = [0] * len(batch)
+                counts: list[Any] | None = None  # none: Redis cannot say
                 try:
                     pipe = store.redis.pipeline(transaction=False)
                     for uid, change, _ in batch:
@@ -1165,13 +1160,9 @@ class ListenerCounts:
                     pass
                 except Exception:  # a bug: as if Redis were away, for this batch only
                     log.exception("counting %d listeners in and out failed", len(batch))
-                for (_, _, counted), left in zip(batch, counts, strict=True):
-                    if not counted.done():
-                        counted.set_result(left if isinstance(left, int) else 0)
+                _answer(batch, counts)
         finally:
-            for _, _, counted in batch:  # cancelled while out (at shutdown): none waits
-                if not counted.done():
-                    counted.set_result(0)
+            _answer(batch)  # cancelled while out (at shutdown): none waits
 
     def _flushed(self, flusher: asyncio.Task[None]) -> None:
         """A flush that ends well leaves nothing queued. One cancelled (at shutdown;
@@ -1179,9 +1170,17 @@ class ListenerCounts:
         changes made meanwhile: none waits for them, unless a newer flush took them."""
         if flusher is self._flusher and self._queued:
             queued, self._queued = self._queued, []
-            for _, _, counted in queued:
-                if not counted.done():
-                    counted.set_result(0)
+            _answer(queued)
+
+
+def _answer(
+    changes: list[tuple[str, int, asyncio.Future[int]]], counts: list[Any] | None = None
+) -> None:
+    """Tell each change not answered yet how many listen now: its count from Redis
+    (``counts``, one per change), or 0 (Redis cannot say) without one."""
+    for (_, _, counted), left in zip(changes, counts or [0] * len(changes), strict=True):
+        if not counted.done():
+            counted.set_result(left if isinstance(left, int) else 0)
 
 
 class LogWriter:

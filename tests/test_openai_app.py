@@ -11,6 +11,7 @@ import pytest
 from providers.openai import OpenAISettings
 from tests.conftest import post_prompt, read_stream
 from tests.fake_upstream import DONE, Pause, chunk, error_body, usage_chunk
+from tests.waiting import eventually
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -169,10 +170,7 @@ async def test_browsers_leaving_at_once_are_each_let_go_as_abandoned(
 
     for browser in browsers:
         browser.close()
-    for _ in range(200):  # bounded: 2 s
-        if caplog.text.count("outcome=") == 10:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: caplog.text.count("outcome=") == 10, within=2)
     assert caplog.text.count("outcome=abandoned") == 10, caplog.text
 
 

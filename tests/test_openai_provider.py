@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import json
 import math
@@ -19,7 +20,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,16 +374,25 @@ class RedirectsEverything(RawModelServer):
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def behind_a_redirect(
+    session: aiohttp.ClientSession, target_url: str
+) -> AsyncIterator[tuple[OpenAIProvider, RedirectsEverything]]:
+    """A provider whose model server redirects every request to ``target_url``."""
+    upstream = RedirectsEverything(target_url)
+    async with upstream as base_url:
+        settings = OpenAISettings(base_url=base_url, model="m", idle_timeout=1.0)
+        yield OpenAIProvider(session, settings), upstream
+
+
 async def test_a_redirect_to_an_unreachable_server_is_not_sent_again(
     client_session: aiohttp.ClientSession, refusing_port: int
 ) -> None:
     """The redirect's first leg went out on a reused connection, but its second
     could not connect at all: that is no dropped request, and not sent again
     (it was, in a loop, until the headers' deadline)."""
-    upstream = RedirectsEverything(f"http://127.0.0.1:{refusing_port}/v1/chat/completions")
-    async with upstream as base_url:
-        settings = OpenAISettings(base_url=base_url, model="m", idle_timeout=1.0)
-        provider = OpenAIProvider(client_session, settings)
+    target_url = f"http://127.0.0.1:{refusing_port}/v1/chat/completions"
+    async with behind_a_redirect(client_session, target_url) as (provider, upstream):
         for prompt in (1, 2):
             result = await collect(provider)
             assert result.failure == (
@@ -399,16 +409,15 @@ async def test_a_request_a_redirect_target_drops_is_not_sent_again(
     new one, which the server dropped: the server got it, and it is not sent again
     (it was, in a loop, until the headers' deadline)."""
     target = DropsReusedRequests(drop_all=True)
-    async with target as target_url:
-        upstream = RedirectsEverything(f"{target_url}/chat/completions")
-        async with upstream as base_url:
-            settings = OpenAISettings(base_url=base_url, model="m", idle_timeout=1.0)
-            provider = OpenAIProvider(client_session, settings)
-            for prompt in (1, 2):
-                result = await collect(provider)
-                assert result.failure is not None
-                assert result.failure.endswith("dropped the request (ServerDisconnectedError).")
-                assert (upstream.requests, len(target.requests)) == (prompt, prompt)
+    async with (
+        target as target_url,
+        behind_a_redirect(client_session, f"{target_url}/chat/completions") as (provider, upstream),
+    ):
+        for prompt in (1, 2):
+            result = await collect(provider)
+            assert result.failure is not None
+            assert result.failure.endswith("dropped the request (ServerDisconnectedError).")
+            assert (upstream.requests, len(target.requests)) == (prompt, prompt)
 
 
 async def test_settings_repr_hides_the_key() -> None:
