@@ -1380,8 +1380,9 @@ async def listen(
     while True:
         if listener.position < len(stream.frames):
             end = len(stream.frames)
+            last = stream.closed  # these frames end with `close`: the response ends with them
             data = stream.frames_after(listener.position)
-            await write(response, data, config.write_timeout, transport)
+            await write(response, data, config.write_timeout, transport, last=last)
             listener.position, listener.last_write = end, time.monotonic()
             continue  # more may have come while writing
         if stream.closed:
@@ -1944,17 +1945,20 @@ async def write(
     data: bytes,
     patience: float,
     transport: asyncio.Transport | None = None,
+    last: bool = False,
 ) -> None:
-    """``response.write(data)``, giving up (ClientTooSlow) after ``patience`` seconds."""
+    """``response.write(data)``, giving up (ClientTooSlow) after ``patience`` seconds.
+    ``last``: the response ends with ``data`` (one packet with the chunked body's end)."""
+    send = response.write_eof if last else response.write
     # The common case needs no timer. (A timer per write was ~10% of the CPU per token.)
     if writes_at_once(transport, data):
-        await response.write(data)
+        await send(data)
         return
     # A browser that reads nothing would make the write wait, and its data
     # pile up in memory, forever: give up after `patience` seconds instead.
     try:
         async with asyncio.timeout(patience):
-            await response.write(data)
+            await send(data)
     except TimeoutError:
         raise ClientTooSlow from None
 

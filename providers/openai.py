@@ -83,7 +83,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -309,11 +309,10 @@ class OpenAIProvider:
             yield Connected(hang_up=functools.partial(_hang_up, response))
             yield Status(WAITING_STATUS)
             translator = _Translator(self._settings)
-            chunks = response.content.iter_any()
             alarm = _Alarm(clock, translator)
             try:
                 while not translator.ended:
-                    for event in await self._next_events(chunks, translator, clock, alarm):
+                    for event in await self._next_events(response, translator, clock, alarm):
                         yield event
             finally:
                 alarm.off()
@@ -623,15 +622,15 @@ class OpenAIProvider:
 
     async def _next_events(
         self,
-        chunks: AsyncIterator[bytes],
+        response: aiohttp.ClientResponse,
         translator: _Translator,
         clock: _Clock,
         alarm: _Alarm,
     ) -> list[ProviderEvent]:
         """Wait for the next read, or for the earliest deadline, and translate what happened."""
         try:
-            async with alarm:
-                data = await anext(chunks, b"")
+            with alarm:
+                data = await response.content.readany()  # what arrived; b"" at the end
         except TimeoutError:
             if alarm.limit is _Limit.HOLD:
                 return translator.poll(clock.now())
@@ -751,7 +750,7 @@ class _Alarm:
 
     A read moves the deadline on without touching the timer; when the timer goes
     off, it looks at the deadline again and, if it has moved, sets itself for the
-    new one. ``async with alarm:`` around a read raises TimeoutError, as
+    new one. ``with alarm:`` around a read raises TimeoutError, as
     ``asyncio.timeout`` would, once a deadline has really passed (``limit`` says
     which); a deadline that comes sooner (held text's) sets the timer sooner.
     """
@@ -765,7 +764,7 @@ class _Alarm:
         self._rang = False
         self.limit = _Limit.IDLE  # the deadline that passed, once one has
 
-    async def __aenter__(self) -> None:
+    def __enter__(self) -> None:
         deadline, _ = self._clock.next_deadline(self._translator)
         if self._timer is None or deadline < self._timer.when():
             self.off()
@@ -775,7 +774,7 @@ class _Alarm:
         self._cancelling = self._task.cancelling()
         self._rang = False
 
-    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         task, self._task = self._task, None
         assert task is not None
         if self._rang:
