@@ -1305,13 +1305,13 @@ async def response_stream(request: web.Request) -> web.StreamResponse:
         )
     except NotClaimable as refused:
         # A 200 with error + close: any other status makes the page retry forever.
-        await response.write(
+        await response.write_eof(
             format_event(*error_event(str(refused)), 1) + format_event(*close_event(), 2)
         )
         return response
 
     try:
-        await write(response, RETRY_FIELD, config.write_timeout)
+        await write(response, RETRY_FIELD, config.write_timeout, request.transport)
         await listen(stream, response, position, config, request.transport)
     except (ConnectionError, ClientTooSlow):
         if request.transport is not None:
@@ -1498,7 +1498,9 @@ def make_app(config: Config, provider: Provider | None = None) -> web.Applicatio
     app.router.add_get("/c/{cid}", conversation_page)
     app.router.add_get("/c/{cid}/export", export_conversation)
     app.router.add_post("/process_prompt", process_prompt)
-    app.router.add_get("/response-stream", response_stream)
+    # No HEAD (add_get allows it by default): a HEAD would claim the stream and
+    # start the answer, and the browser's GET would then find it taken.
+    app.router.add_get("/response-stream", response_stream, allow_head=False)
     app.router.add_post("/stop", stop_stream)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/highlight.css", code_colours)

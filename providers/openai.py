@@ -9,7 +9,7 @@ sees the domain events of ``providers.events``.
 
 How a stream is read:
 
-- Bytes come from ``response.content.iter_any()`` and go through the pure
+- Bytes come from ``response.content.readany()`` and go through the pure
   parser in ``providers.upstream_sse`` (never ``readline``: aiohttp caps a line
   there, and a reasoning model can send a 600 KB one).
 - Each chunk's ``choices[0].delta`` gives reasoning and answer text. Reasoning

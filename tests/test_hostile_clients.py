@@ -3,7 +3,7 @@
 Each test reproduces one attack: a connection that never finishes its request,
 a flood of prompts nobody opens, a costly body, a foreign Host name, values
 that used to raise, a forged log line, password guessing, broken Unicode,
-too many listeners on one stream.
+too many listeners on one stream, a HEAD of a stream.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.conftest import Hang, ScriptedProvider, post_prompt, read_stream
 from tests.each_store import start_app_on_each_store, tune  # noqa: F401  (both stores)
 from tests.fake_upstream import DONE, chunk
 from tests.snippet import uid_from_snippet
-from tests.sse_client import parse_stream
+from tests.sse_client import answer_of, parse_stream
 from tests.test_access import basic
 from tests.waiting import healthz
 
@@ -380,3 +380,32 @@ async def test_reconnecting_again_and_again_keeps_a_finished_log_one_grace_perio
         await asyncio.sleep(0.1)
     assert outcomes[0] == "resumed" and outcomes[-1] == "refused"
     assert (await (await client.get("/healthz")).json())["streams_kept"] == 0
+
+
+async def test_a_head_request_neither_gets_a_body_nor_takes_the_stream(start_app):
+    # aiohttp routes HEAD to a GET handler unless told not to: a HEAD of the
+    # stream's URL (a link checker, a prefetching proxy) claimed the stream, ran the
+    # answer to its end and sent it as a body, and the browser's GET found it gone.
+    client = await start_app(provider=ScriptedProvider([Answer("Hello there")]))
+    uid = await post_prompt(client)
+
+    reader, writer = await raw_connection(client)
+    host = f"{client.server.host}:{client.server.port}"
+    writer.write(f"HEAD /response-stream?uid={uid} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    got = b""
+    try:
+        async with asyncio.timeout(1.0):  # the head, then (kept alive) nothing more
+            while data := await reader.read(65536):
+                got += data
+    except TimeoutError:
+        pass
+    writer.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405"), got[:200]
+    # Bytes after a HEAD's head would be read by a kept-alive client as its next response.
+    assert body == b"", body[:200]
+
+    _, events, _ = await read_stream(client, uid)
+    assert [event.data for event in events if event.event == "error"] == []
+    assert answer_of(events) == "Hello there"
