@@ -248,6 +248,46 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return left
 """
 
+#: A browser's first GET of a prompt nobody opened yet: the prompt becomes an answer
+#: this worker produces, in one step, or the reason it does not. KEYS: the stream's
+#: hash, everyone's pending and producing zsets, this worker's owned set and its
+#: listener counts, the workers' heartbeats. ARGV: the uid, the time now, --uid-ttl,
+#: PENDING_COUNTS_S, 1 if a prompt that stopped counting may start, this worker, the
+#: time to live of what it writes (ms), the prefixes of a client's pending and
+#: producing zsets. Returns {"claimed", client, turn, request, conversation id},
+#: {"late", client} (the limits must be counted first), {"unknown"} (gone, expired,
+#: or only a trace is left), or {"not pending"} (producing, or over: a resume).
+CLAIM = """
+local stream, uid, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local f = redis.call('HMGET', stream, 'state', 'posted', 'client')
+local state, posted, client = f[1], f[2], f[3]
+if not state or not posted then return {'unknown'} end
+if state ~= 'pending' then return {'not pending'} end
+local age = now - tonumber(posted)
+if age > tonumber(ARGV[3]) or not client then return {'unknown'} end
+if age >= tonumber(ARGV[4]) and ARGV[5] ~= '1' then return {'late', client} end
+local worker, ttl = ARGV[6], ARGV[7]
+redis.call('HSET', stream, 'state', 'producing', 'producer', worker)
+redis.call('HINCRBY', stream, 'listeners', 1)
+redis.call('PEXPIRE', stream, ttl)
+redis.call('HINCRBY', KEYS[5], uid, 1)
+redis.call('PEXPIRE', KEYS[5], ttl)
+redis.call('ZREM', KEYS[2], uid)
+redis.call('ZREM', ARGV[8] .. client, uid)
+for _, counted in ipairs({KEYS[3], ARGV[9] .. client}) do
+  redis.call('ZADD', counted, now, uid)
+  redis.call('PEXPIRE', counted, ttl)
+end
+redis.call('SADD', KEYS[4], uid)
+redis.call('PEXPIRE', KEYS[4], ttl)
+-- Its producer's heartbeat, fresh: even just after Redis came back empty, no
+-- worker may take this answer for one whose worker died.
+redis.call('ZADD', KEYS[6], now, worker)
+redis.call('PEXPIRE', KEYS[6], ttl)
+local kept = redis.call('HMGET', stream, 'turn', 'request', 'cid')
+return {'claimed', client, kept[1], kept[2], kept[3]}
+"""
+
 #: Past the bounds, forgets the least recently used conversations, never the newest
 #: nor one whose answer may still stream (its undone turn's stream is producing,
 #: kept for a resume, or waiting to be opened within --uid-ttl, as
@@ -363,6 +403,7 @@ class RedisStore(Store):
         self.redis = connect(self.url)
         self._forget_script = self.redis.register_script(FORGET + FORGET_CONVERSATION)
         self._make_room_script = self.redis.register_script(FORGET + MAKE_ROOM)
+        self._claim_script = self.redis.register_script(CLAIM)
         self.listeners = ListenerCounts(self)
         # The heartbeat's own connection: however busy the pool, it is never late
         # (a worker whose heartbeat stops is taken for dead, and its answers ended).
@@ -803,49 +844,47 @@ class RedisStore(Store):
         start: StartProducer,
         room: Room | None,
     ) -> tuple[Stream, int]:
+        # A prompt that stopped counting may start if the limits (``room``) allow it.
+        late = None if room is None else self.limits.started_late(room)
+        answer, *rest = await self._claim_script(
+            keys=[
+                self.key("stream", uid), self.key("pending"), self.key("producing"),
+                self.key("owned", self.worker), self.key("listening", self.worker),
+                self.key("workers"),
+            ],
+            args=[
+                uid, repr(time.time()), self.config.uid_ttl, PENDING_COUNTS_S,
+                int(room is not None and late is None), self.worker, ms(self.live_ttl()),
+                self.key("pending", ""), self.key("producing", ""),
+            ],
+        )  # fmt: skip
+        if answer == b"unknown":
+            raise NotClaimable(UNKNOWN_UID)
+        if answer == b"late":
+            if late is None:
+                raise LateStart(rest[0].decode())
+            raise NotClaimable(late)
+        if answer == b"claimed":
+            client, turn, request, cid = rest
+            stream = LoggedStream(
+                self, uid, request_from_json(request), client.decode(),
+                turn_from_json(json.loads(turn)), cid.decode(),
+            )  # fmt: skip
+            stream.listeners = 1
+            async with self.lock:
+                self._streams[uid] = stream
+            stream.producer = asyncio.create_task(start(stream))
+            return stream, 0
+        return await self._resume_shared(uid, last_event_id)
+
+    async def _resume_shared(self, uid: str, last_event_id: int | None) -> tuple[Stream, int]:
+        """A browser coming back to an answer producing elsewhere, or over."""
         key = self.key("stream", uid)
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(key)
-            fields = await pipe.hgetall(key) if uid else {}
-            state = fields.get(b"state")
-            if state is None or b"posted" not in fields:  # gone, or only a trace is left
+            fields = await pipe.hgetall(key)
+            if fields.get(b"state") is None or b"posted" not in fields:  # gone meanwhile
                 raise NotClaimable(UNKNOWN_UID)
-            posted = float(fields[b"posted"])
-            if state == b"pending":
-                if time.time() - posted > self.config.uid_ttl:
-                    raise NotClaimable(UNKNOWN_UID)
-                client = fields[b"client"].decode()
-                if time.time() - posted >= PENDING_COUNTS_S:  # it stopped counting
-                    if room is None:
-                        raise LateStart(client)
-                    late = self.limits.started_late(room)
-                    if late is not None:
-                        raise NotClaimable(late)
-                now = time.time()
-                pipe.multi()
-                pipe.hset(key, mapping={"state": "producing", "producer": self.worker})
-                self._count_listener(pipe, uid)
-                pipe.pexpire(key, ms(self.live_ttl()))
-                pipe.zrem(self.key("pending"), uid)
-                pipe.zrem(self.key("pending", client), uid)
-                for counted in (self.key("producing"), self.key("producing", client)):
-                    pipe.zadd(counted, {uid: now})
-                    pipe.pexpire(counted, ms(self.live_ttl()))
-                pipe.sadd(self.key("owned", self.worker), uid)
-                pipe.pexpire(self.key("owned", self.worker), ms(self.live_ttl()))
-                # Its producer's heartbeat, fresh: even just after Redis came back empty,
-                # no worker may take this answer for one whose worker died.
-                pipe.zadd(self.key("workers"), {self.worker: now})
-                pipe.pexpire(self.key("workers"), ms(self.live_ttl()))
-                await pipe.execute()
-                turn = turn_from_json(json.loads(fields[b"turn"]))
-                request = request_from_json(fields[b"request"])
-                stream = LoggedStream(self, uid, request, client, turn, fields[b"cid"].decode())
-                stream.listeners = 1
-                async with self.lock:
-                    self._streams[uid] = stream
-                stream.producer = asyncio.create_task(start(stream))
-                return stream, 0
             # Producing elsewhere, or over: only a browser coming back may listen.
             if last_event_id is None:
                 raise NotClaimable(ALREADY_STREAMING)
@@ -894,7 +933,7 @@ class RedisStore(Store):
         return followed
 
     def _count_listener(self, pipe: Any, uid: str) -> None:
-        """In a claim's transaction: one more listener, on every worker's count and on
+        """In a resume's transaction: one more listener, on every worker's count and on
         this worker's own (which the others take back if it dies)."""
         mine = self.key("listening", self.worker)
         pipe.hincrby(self.key("stream", uid), "listeners", 1)
