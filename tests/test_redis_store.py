@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import redis_store
 from providers.events import Answer, Reasoning
 from redis_store import STORE_UNREACHABLE
 from server import MINE_STREAMING, RETRY_FIELD, STOPPED_BY_SERVER, STORE, STORE_LOST_REASON
@@ -399,3 +400,25 @@ async def test_a_conversation_only_read_keeps_the_counts_of_the_bounds(
         assert (await client.get(f"/c/{cid}")).status == 200
 
     assert counted <= redis_server.keys(prefix).keys()
+
+
+async def test_a_worker_with_a_stale_heartbeat_is_alive_again_once_it_starts_an_answer(
+    start_workers, monkeypatch
+):
+    # Redis restored from an old snapshot can hold an old heartbeat of a live worker.
+    # The answer it starts must not be taken for one whose worker died: the claim
+    # says the worker is alive, before its next heartbeat does.
+    monkeypatch.setattr(redis_store, "HEARTBEAT_S", 60.0)  # no beat or watch meanwhile
+    a, b = await start_workers(provider=ScriptedProvider([Answer("still here"), Hang()]))
+    store_a, store_b = a.app[STORE], b.app[STORE]
+    uid = await post_prompt(a)
+    stale = time.time() - 2 * redis_store.HEARTBEAT_TTL_S
+    await store_a.redis.zadd(store_a.key("workers"), {store_a.worker: stale})
+
+    stream = await a.get("/response-stream", params={"uid": uid})
+    async with asyncio.timeout(5):
+        await stream.content.readuntil(b"data: still here")
+    await store_b.end_orphans()
+
+    assert await store_a.redis.hget(store_a.key("stream", uid), "state") == b"producing"
+    stream.close()
