@@ -254,20 +254,30 @@ return left
 #: listener counts, the workers' heartbeats. ARGV: the uid, the time now, --uid-ttl,
 #: PENDING_COUNTS_S, 1 if a prompt that stopped counting may start, this worker, the
 #: time to live of what it writes (ms), the prefixes of a client's pending and
-#: producing zsets. Returns {"claimed", client, turn, request, conversation id},
-#: {"late", client} (the limits must be counted first), {"unknown"} (gone, expired,
-#: or only a trace is left), or {"not pending"} (producing, or over: a resume).
+#: producing zsets (its keys are made here, which is fine on the one Redis server this
+#: store uses), a token new for each claim. Returns {"claimed", client, turn, request,
+#: conversation id}, {"late", client} (the limits must be counted first), {"unknown"}
+#: (gone, expired, or only a trace is left), or {"not pending"} (producing, or over: a
+#: resume). The token makes it safe to run twice: redis-py sends a command again when
+#: its reply is lost, and a claim that finds its own token gets what it claimed.
 CLAIM = """
 local stream, uid, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local f = redis.call('HMGET', stream, 'state', 'posted', 'client')
 local state, posted, client = f[1], f[2], f[3]
 if not state or not posted then return {'unknown'} end
-if state ~= 'pending' then return {'not pending'} end
+if state ~= 'pending' then
+  -- This very claim, run already (its reply lost, redis-py sent it again): claimed.
+  local again = redis.call('HMGET', stream, 'claim', 'turn', 'request', 'cid')
+  if state == 'producing' and again[1] == ARGV[10] then
+    return {'claimed', client, again[2], again[3], again[4]}
+  end
+  return {'not pending'}
+end
 local age = now - tonumber(posted)
 if age > tonumber(ARGV[3]) or not client then return {'unknown'} end
 if age >= tonumber(ARGV[4]) and ARGV[5] ~= '1' then return {'late', client} end
 local worker, ttl = ARGV[6], ARGV[7]
-redis.call('HSET', stream, 'state', 'producing', 'producer', worker)
+redis.call('HSET', stream, 'state', 'producing', 'producer', worker, 'claim', ARGV[10])
 redis.call('HINCRBY', stream, 'listeners', 1)
 redis.call('PEXPIRE', stream, ttl)
 redis.call('HINCRBY', KEYS[5], uid, 1)
@@ -855,7 +865,7 @@ class RedisStore(Store):
             args=[
                 uid, repr(time.time()), self.config.uid_ttl, PENDING_COUNTS_S,
                 int(room is not None and late is None), self.worker, ms(self.live_ttl()),
-                self.key("pending", ""), self.key("producing", ""),
+                self.key("pending", ""), self.key("producing", ""), secrets.token_hex(8),
             ],
         )  # fmt: skip
         if answer == b"unknown":

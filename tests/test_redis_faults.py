@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from contextlib import suppress
 import aiohttp
 import pytest
 
+import redis_store
 from providers.events import Answer
 from server import ALREADY_STREAMING, MINE_STREAMING, STILL_STREAMING, STORE
 from tests.conftest import Pause, ScriptedProvider, post_prompt, read_stream
@@ -323,3 +325,83 @@ async def test_two_workers_making_room_at_once_forget_no_more_than_they_must(sta
     assert await redis.get(store_a.key("conv", oldest.decode())) is None
     total = int(await redis.get(store_a.key("chars-total")))
     assert total == sum(int(n) for n in await redis.hvals(store_a.key("chars"))) > 0
+
+
+class ReplyDroppingProxy(CuttableProxy):
+    """A proxy to Redis that, once armed, lets through the first command containing
+    ``marker`` and then drops that connection instead of passing on Redis's reply (a
+    reply lost to a network blip or a socket timeout, after Redis ran the command).
+    A reply that is an error (such as NOSCRIPT: nothing ran) is passed on."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.marker: bytes | None = None
+        self.dropped = 0
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            writer.close()
+            return
+        self.writers += [writer, up_writer]
+        sent_marker = False
+
+        async def to_redis():
+            nonlocal sent_marker
+            with suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    if self.marker is not None and self.marker in data:
+                        self.marker, sent_marker = None, True
+                    up_writer.write(data)
+                    await up_writer.drain()
+            up_writer.close()
+
+        async def from_redis():
+            nonlocal sent_marker
+            with suppress(ConnectionError, OSError):
+                while data := await up_reader.read(65536):
+                    if sent_marker and not data.startswith(b"-"):
+                        self.dropped += 1
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    sent_marker = False
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        with suppress(asyncio.CancelledError):
+            await asyncio.gather(to_redis(), from_redis())
+
+
+async def test_a_claim_whose_reply_is_lost_still_streams_the_answer(
+    start_app, redis_server, redis_config
+):
+    """Redis ran a browser's claim (CLAIM), but its reply was lost (the connection
+    dropped, or the socket timed out): redis-py sends the claim again, on a new
+    connection. That claim is this worker's own already: the browser gets its answer.
+    Not "already streaming", with the prompt left producing for nobody until its keys
+    expire (--uid-ttl + --max-duration + the grace period + 60 s), counted against
+    the client's streams, and its conversation refusing every prompt meanwhile."""
+    proxy = ReplyDroppingProxy(int(redis_server.url.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    url = redis_server.url.replace(f":{proxy.port}/", f":{proxy.listen_port}/")
+    a = await start_app(**{**redis_config, "redis_url": url})
+    warm = await post_prompt(a)  # the claim script is loaded (its first try: NOSCRIPT)
+    await (await a.get("/response-stream", params={"uid": warm})).text()
+    posted = await a.post("/process_prompt", data={"prompt": "Hello again"})
+    cid = posted.headers["HX-Push-Url"].rsplit("/", 1)[1]
+    uid = uid_from_snippet(await posted.text())
+
+    proxy.marker = hashlib.sha1(redis_store.CLAIM.encode()).hexdigest().encode()
+    response = await a.get("/response-stream", params={"uid": uid})
+    events, _ = parse_stream(await asyncio.wait_for(response.text(), timeout=10))
+    assert proxy.dropped == 1  # the claim ran, and its reply was lost
+    await asyncio.sleep(0.2)  # the answer's end is written
+    again = await a.post("/process_prompt", data={"prompt": "And?", "conversation": cid})
+    await proxy.cut()
+
+    assert ALREADY_STREAMING not in events[0].data
+    assert [e.event for e in events[-2:]] == ["final_answer", "close"], events
+    assert again.status == 200, await again.text()
