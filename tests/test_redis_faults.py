@@ -50,10 +50,15 @@ class CuttableProxy:
             writer.close()
             return
         self.writers += [writer, up_writer]
+        connection: dict[str, bool] = {}  # what the two directions note about it
 
-        async def pump(source, sink):
+        async def pump(source, sink, passes):
             try:
                 while data := await source.read(65536):
+                    if not passes(data, connection):
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -62,7 +67,17 @@ class CuttableProxy:
                 sink.close()
 
         with suppress(asyncio.CancelledError):
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+            await asyncio.gather(
+                pump(reader, up_writer, self.to_redis), pump(up_reader, writer, self.from_redis)
+            )
+
+    def to_redis(self, data: bytes, connection: dict[str, bool]) -> bool:
+        """Whether these bytes of commands go on to Redis (else the connection drops)."""
+        return True
+
+    def from_redis(self, data: bytes, connection: dict[str, bool]) -> bool:
+        """Whether these bytes of replies go on to the app (else the connection drops)."""
+        return True
 
     async def cut(self) -> None:
         assert self.server is not None
@@ -338,41 +353,16 @@ class ReplyDroppingProxy(CuttableProxy):
         self.marker: bytes | None = None
         self.dropped = 0
 
-    async def _serve(self, reader, writer) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            writer.close()
-            return
-        self.writers += [writer, up_writer]
-        sent_marker = False
+    def to_redis(self, data: bytes, connection: dict[str, bool]) -> bool:
+        if self.marker is not None and self.marker in data:
+            self.marker, connection["marked"] = None, True
+        return True
 
-        async def to_redis():
-            nonlocal sent_marker
-            with suppress(ConnectionError, OSError):
-                while data := await reader.read(65536):
-                    if self.marker is not None and self.marker in data:
-                        self.marker, sent_marker = None, True
-                    up_writer.write(data)
-                    await up_writer.drain()
-            up_writer.close()
-
-        async def from_redis():
-            nonlocal sent_marker
-            with suppress(ConnectionError, OSError):
-                while data := await up_reader.read(65536):
-                    if sent_marker and not data.startswith(b"-"):
-                        self.dropped += 1
-                        writer.transport.abort()
-                        up_writer.transport.abort()
-                        return
-                    sent_marker = False
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        with suppress(asyncio.CancelledError):
-            await asyncio.gather(to_redis(), from_redis())
+    def from_redis(self, data: bytes, connection: dict[str, bool]) -> bool:
+        if connection.pop("marked", False) and not data.startswith(b"-"):
+            self.dropped += 1
+            return False
+        return True
 
 
 async def test_a_claim_whose_reply_is_lost_still_streams_the_answer(
