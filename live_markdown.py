@@ -296,10 +296,13 @@ class LiveMarkdown:
     def finish(self) -> str:
         """The answer is complete: the chunk that shows the rest, every block final."""
         if self._kind != "source":
+            parsed = False
             if self._line:
                 line, self._line = self._line, ""
-                self._end_line(line)  # the last line, as it is: without a line break
-            if self._lines and not self._fence:
+                parsed = self._end_line(line)  # the last line, as it is: without a line break
+            # Parsed just now, the open block is final already, unless its last line
+            # was held back as a table's header row, perhaps (then it shows nothing).
+            if self._lines and not self._fence and not (parsed and self._open):
                 self._parse(final=True)
             if self._fence:
                 self._close_code()
@@ -310,8 +313,9 @@ class LiveMarkdown:
 
     # --- lines ------------------------------------------------------------------------------
 
-    def _end_line(self, line: str) -> None:
-        """A whole line: it goes to the open code block, table or list, or through markdown-it."""
+    def _end_line(self, line: str) -> bool:
+        """A whole line: it goes to the open code block, table or list, or through
+        markdown-it; whether it did that (``_parse``)."""
         shown, self._line_shown = self._line_shown, 0
         if self._fence:
             closing = _FENCE.match(line)
@@ -323,10 +327,12 @@ class LiveMarkdown:
                 self._close_code()
             else:
                 self._add_code(line, shown)
-            return
+            return False
         self._lines.append(line)
-        if line.strip() and not (self._table_row(line) or self._list_item(line)):
-            self._parse()  # (a blank line changes nothing yet: the next line tells)
+        if not line.strip() or self._table_row(line) or self._list_item(line):
+            return False  # (a blank line changes nothing yet: the next line tells)
+        self._parse()
+        return True
 
     def _parse(self, final: bool = False) -> None:
         """The open block's lines through markdown-it: every top-level block but the
