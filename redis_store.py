@@ -235,18 +235,24 @@ end
 #: had (0 if another prompt forgot it first).
 FORGET_CONVERSATION = "return forget(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) or 0"
 
-#: Counts a listener of stream ARGV[1] in or out (ARGV[2]: +1 or -1) on every
-#: worker's count (KEYS[1], the stream's hash; given an expiry if it had none: a
-#: count made for a stream that was gone is new) and on this worker's own
-#: (KEYS[2], which the others take back if it dies); ARGV[3]: their time to live,
-#: in ms. Returns how many listen now, on every worker.
-LISTENED = """
-local left = redis.call('HINCRBY', KEYS[1], 'listeners', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3], 'NX')
-redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return left
+#: Counts a listener of stream ``uid`` in or out (``change``: +1 or -1) on every
+#: worker's count (``stream``, its hash; given an expiry if it had none: a count
+#: made for a stream that was gone is new) and on this worker's own (``mine``,
+#: which the others take back if it dies); ``ttl``: their time to live, in ms.
+#: Returns how many listen now, on every worker.
+COUNT_LISTENER = """
+local function count_listener(stream, mine, uid, change, ttl)
+  local left = redis.call('HINCRBY', stream, 'listeners', change)
+  redis.call('PEXPIRE', stream, ttl, 'NX')
+  redis.call('HINCRBY', mine, uid, change)
+  redis.call('PEXPIRE', mine, ttl)
+  return left
+end
 """
+
+#: ``count_listener`` alone (KEYS: the stream's hash, this worker's counts; ARGV: the
+#: uid, the change, the time to live).
+LISTENED = COUNT_LISTENER + "return count_listener(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
 
 #: A browser's first GET of a prompt nobody opened yet: the prompt becomes an answer
 #: this worker produces, in one step, or the reason it does not. KEYS: the stream's
@@ -260,7 +266,7 @@ return left
 #: (gone, expired, or only a trace is left), or {"not pending"} (producing, or over: a
 #: resume). The token makes it safe to run twice: redis-py sends a command again when
 #: its reply is lost, and a claim that finds its own token gets what it claimed.
-CLAIM = """
+CLAIM = COUNT_LISTENER + """
 local stream, uid, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local f = redis.call('HMGET', stream, 'state', 'posted', 'client')
 local state, posted, client = f[1], f[2], f[3]
@@ -278,10 +284,8 @@ if age > tonumber(ARGV[3]) or not client then return {'unknown'} end
 if age >= tonumber(ARGV[4]) and ARGV[5] ~= '1' then return {'late', client} end
 local worker, ttl = ARGV[6], ARGV[7]
 redis.call('HSET', stream, 'state', 'producing', 'producer', worker, 'claim', ARGV[10])
-redis.call('HINCRBY', stream, 'listeners', 1)
+count_listener(stream, KEYS[5], uid, 1, ttl)
 redis.call('PEXPIRE', stream, ttl)
-redis.call('HINCRBY', KEYS[5], uid, 1)
-redis.call('PEXPIRE', KEYS[5], ttl)
 redis.call('ZREM', KEYS[2], uid)
 redis.call('ZREM', ARGV[8] .. client, uid)
 for _, counted in ipairs({KEYS[3], ARGV[9] .. client}) do
@@ -296,7 +300,7 @@ redis.call('ZADD', KEYS[6], now, worker)
 redis.call('PEXPIRE', KEYS[6], ttl)
 local kept = redis.call('HMGET', stream, 'turn', 'request', 'cid')
 return {'claimed', client, kept[1], kept[2], kept[3]}
-"""
+"""  # fmt: skip
 
 #: Past the bounds, forgets the least recently used conversations, never the newest
 #: nor one whose answer may still stream (its undone turn's stream is producing,
@@ -904,7 +908,8 @@ class RedisStore(Store):
             if int(fields.get(b"listeners", 0)) >= MAX_LISTENERS_PER_STREAM:
                 raise NotClaimable(ALREADY_STREAMING)
             pipe.multi()
-            self._count_listener(pipe, uid)
+            mine = self.key("listening", self.worker)
+            pipe.eval(LISTENED, 2, key, mine, uid, 1, ms(self.live_ttl()))  # one listener more
             await pipe.execute()
         followed = await self.follow(uid)
         if last_event_id > len(followed.frames) and not followed.closed:
@@ -941,14 +946,6 @@ class RedisStore(Store):
             await self.detach(followed)
             raise
         return followed
-
-    def _count_listener(self, pipe: Any, uid: str) -> None:
-        """In a resume's transaction: one more listener, on every worker's count and on
-        this worker's own (which the others take back if it dies)."""
-        mine = self.key("listening", self.worker)
-        pipe.hincrby(self.key("stream", uid), "listeners", 1)
-        pipe.hincrby(mine, uid, 1)
-        pipe.pexpire(mine, ms(self.live_ttl()))
 
     async def detach(self, stream: Stream) -> None:
         # This worker's count at once; every worker's in Redis, shielded: a handler
